@@ -1,0 +1,468 @@
+"""GRPO training for small reasoning models, on TRL, with the paper recipes' exact batch and loss semantics.
+
+How this departs from TRL's stock GRPOTrainer, and why:
+  1. The policy loss is `policy_loss()` below, one pure function: PPO ratio with asymmetric clipping
+     (1 - epsilon, 1 + epsilon_high: JustRL's "clip higher") and veRL's dual clip for negative advantages, whose
+     bound c is TRL's `delta` (TRL caps the ratio at delta before the min; for negative advantages that is the
+     same bound, for positive ones it never binds when delta > 1 + epsilon_high). Like veRL, the log-ratio is
+     clamped to [-20, 20]. Token mean over the mask, normalised by the global token count of the mini-batch
+     (TRL's "dapo" aggregation), so the vLLM importance-sampling correction and the KL term (beta > 0) keep
+     working exactly as in TRL.
+  2. A recipe states the paper's batch: `prompts_per_step` x `num_generations` responses per generation step, then
+     `optimizer_updates_per_step` updates. TRL's per-device batch, gradient accumulation and steps_per_generation
+     are derived from the world size at launch (`derive_batch`); an impossible cluster shape fails at start-up.
+  3. Step units: TRL counts optimizer updates; veRL (JustRL) counts generation steps and steps its LR scheduler
+     once per generation step. `*_generation_steps` fields take paper units and are converted; with
+     `scheduler_per_generation: true` the learning rate is constant within a generation step, as in veRL.
+  4. Logged besides TRL's metrics: accuracy (reward.py), fractions of tokens clipped low / high / by the dual clip,
+     time per phase (generation, reward, update), and the dataset rows of every generation step
+     (`<output_dir>/data_order/`), which shows that a resumed run neither skips nor repeats a prompt.
+
+Commands:
+    # the embedded CPU demo (builds a tiny model and data once, ~5 min on 2 cores)
+    accelerate launch --config_file accelerate_configs/cpu.yaml train_grpo.py --config recipes/tiny.yaml
+    # print the resolved configuration for a cluster of N training processes; loads nothing
+    python train_grpo.py --config recipes/justrl.yaml --dry_run --world_size 32
+    # JustRL on one 8-GPU node: vLLM server on GPUs 6-7, training on 0-5 is impossible (512 % 6) - see README;
+    # e.g. 4 training GPUs + 4 vLLM GPUs:
+    CUDA_VISIBLE_DEVICES=4,5,6,7 trl vllm-serve --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --tensor-parallel-size 1 --data-parallel-size 4 &
+    CUDA_VISIBLE_DEVICES=0,1,2,3 accelerate launch --config_file accelerate_configs/zero3.yaml --num_processes 4 \\
+        train_grpo.py --config recipes/justrl.yaml
+    # several nodes: see launch_slurm.py
+A relaunch with the same output_dir resumes from its latest checkpoint (`--resume_from_checkpoint PATH` to choose).
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+
+import torch
+from transformers import AutoTokenizer, get_scheduler
+from transformers.trainer_utils import get_last_checkpoint
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
+
+JUSTRL_SUFFIX = "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+# DAPO-Math-17k wraps every problem in its own "Answer:" instruction; `strip_dapo_instruction` removes it.
+DAPO_PREFIX = ("Solve the following math problem step by step. The last line of your response should be of the form "
+               "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n")
+DAPO_SUFFIX = "\n\nRemember to put your answer on its own line after \"Answer:\"."
+
+
+@dataclass
+class ScriptArguments:
+    # Data
+    dataset_name: str = field(default="BytedTsinghua-SIA/DAPO-Math-17k",
+                              metadata={"help": "Hub id, or a local .parquet/.jsonl/.json file."})
+    dataset_config: str | None = None
+    dataset_split: str = "train"
+    prompt_column: str = field(default="prompt", metadata={"help": "Chat list or string; dotted path for nesting."})
+    answer_column: str = field(default="reward_model.ground_truth", metadata={"help": "Dotted path allowed."})
+    prompt_suffix: str = field(default=JUSTRL_SUFFIX, metadata={"help": "Appended to the user message."})
+    system_prompt: str | None = None
+    strip_dapo_instruction: bool = field(default=False, metadata={"help": "Drop DAPO's 'Answer:' instruction."})
+    dedup_prompts: bool = field(default=False, metadata={"help": "Keep one row per distinct prompt."})
+    max_prompt_length: int = field(default=1024, metadata={"help": "Tokens incl. chat template; longer dropped."})
+    dataset_num_proc: int | None = None
+    # Rewards: names from reward.REWARDS or dotted paths; weights are GRPOConfig.reward_weights
+    reward_funcs: list[str] = field(default_factory=lambda: ["dapo"])
+    reward_kwargs: dict | str | None = field(default=None, metadata={"help": "{reward name: {arg: value}}"})
+    # Held-out greedy accuracy before and after training, written to <output_dir>/summary.json
+    heldout_file: str | None = None
+    heldout_max_new_tokens: int = 64
+    # The embedded demo
+    build_tiny: bool = field(default=False, metadata={"help": "Build tiny.py's model and data first (cached)."})
+    tiny_dir: str = ".cache/tiny"
+    # Run control
+    dry_run: bool = field(default=False, metadata={"help": "Print the resolved config as JSON and exit."})
+    world_size: int | None = field(default=None, metadata={"help": "With --dry_run: training processes to plan for."})
+    log_data_order: bool = True
+
+
+@dataclass
+class JustRLConfig(GRPOConfig):
+    """GRPOConfig plus the paper quantities TRL has no field for (all in paper units)."""
+
+    prompts_per_step: int | None = field(default=None, metadata={"help": "Prompts per generation step."})
+    optimizer_updates_per_step: int = field(default=1, metadata={"help": "Mini-batches per generation step."})
+    total_generation_steps: int | None = field(default=None, metadata={"help": "Sets max_steps (x updates)."})
+    warmup_generation_steps: int | None = field(default=None, metadata={"help": "LR warm-up, generation steps."})
+    save_generation_steps: int | None = field(default=None, metadata={"help": "Sets save_steps (x updates)."})
+    scheduler_per_generation: bool = field(default=False, metadata={"help": "veRL: LR steps once per generation."})
+    seq_mean_loss: bool = field(default=False, metadata={"help": "Original GRPO: mean of per-sequence means."})
+
+    def __post_init__(self):
+        updates = self.optimizer_updates_per_step
+        if self.prompts_per_step is not None:
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            b = derive_batch(self.prompts_per_step, self.num_generations, updates, world, self.per_device_train_batch_size)
+            _set_derived(self, "gradient_accumulation_steps", b["gradient_accumulation_steps"], default=1)
+            _set_derived(self, "steps_per_generation", b["steps_per_generation"], default=None)
+        if self.total_generation_steps is not None:
+            _set_derived(self, "max_steps", self.total_generation_steps * updates, default=-1)
+        if self.save_generation_steps is not None:
+            _set_derived(self, "save_steps", self.save_generation_steps * updates, default=500)
+        if self.warmup_generation_steps is not None and not self.scheduler_per_generation:
+            _set_derived(self, "warmup_steps", self.warmup_generation_steps * updates, default=0)
+        if self.loss_type != "dapo":
+            raise ValueError(f"loss_type={self.loss_type!r}: this trainer's policy_loss implements 'dapo' (token mean "
+                             "over the global mini-batch); set seq_mean_loss: true for the original GRPO mean.")
+        unsupported = {"importance_sampling_level": (self.importance_sampling_level, "token"),
+                       "top_entropy_quantile": (self.top_entropy_quantile, 1.0),
+                       "entropy_coef": (self.entropy_coef, 0.0), "off_policy_mask_threshold": (self.off_policy_mask_threshold, None)}
+        for key, (value, needed) in unsupported.items():
+            if value != needed:
+                raise ValueError(f"{key}={value!r} is not supported by train_grpo.py's policy_loss; set it to {needed!r}.")
+        super().__post_init__()
+
+
+def _set_derived(args, key: str, value, default) -> None:
+    """Set a TRL field derived from a paper quantity, refusing a conflicting explicit value."""
+    current = getattr(args, key)
+    if current not in (default, value):
+        raise ValueError(f"{key}={current} conflicts with the value {value} derived from the paper quantities "
+                         f"(prompts_per_step / *_generation_steps); remove {key} from the recipe.")
+    setattr(args, key, value)
+
+
+def derive_batch(prompts_per_step: int, rollouts_per_prompt: int, optimizer_updates_per_step: int,
+                 world_size: int, per_device_train_batch_size: int) -> dict:
+    """TRL's batch settings that realise the paper's generation step on `world_size` training processes.
+
+    One generation step = prompts_per_step x rollouts_per_prompt responses, split into optimizer_updates_per_step
+    mini-batches of whole prompts; each mini-batch is spread over the processes in micro-batches of
+    per_device_train_batch_size responses, accumulated into one update."""
+    responses = prompts_per_step * rollouts_per_prompt
+    if prompts_per_step % optimizer_updates_per_step:
+        raise ValueError(f"prompts_per_step={prompts_per_step} does not split into optimizer_updates_per_step="
+                         f"{optimizer_updates_per_step} mini-batches of whole prompts.")
+    per_update = responses // optimizer_updates_per_step
+    if per_update % world_size:
+        ok = [n for n in range(1, per_update + 1) if per_update % n == 0]
+        raise ValueError(f"{per_update} responses per optimizer update cannot be split over {world_size} training "
+                         f"processes; use a number of training processes that divides {per_update}: {ok}.")
+    per_process = per_update // world_size
+    if per_process % per_device_train_batch_size:
+        ok = [n for n in range(1, per_process + 1) if per_process % n == 0]
+        raise ValueError(f"per_device_train_batch_size={per_device_train_batch_size} does not divide the "
+                         f"{per_process} responses each process handles per update at world size {world_size}; "
+                         f"choose one of {ok}.")
+    accumulation = per_process // per_device_train_batch_size
+    return {"prompts_per_step": prompts_per_step, "rollouts_per_prompt": rollouts_per_prompt,
+            "optimizer_updates_per_step": optimizer_updates_per_step, "world_size": world_size,
+            "responses_per_step": responses, "responses_per_update": per_update,
+            "per_device_train_batch_size": per_device_train_batch_size,
+            "gradient_accumulation_steps": accumulation,
+            "steps_per_generation": accumulation * optimizer_updates_per_step,
+            "generation_batch_size": responses}
+
+
+def build_prompt(user_content: str, suffix: str = JUSTRL_SUFFIX, system_prompt: str | None = None,
+                 strip_dapo_instruction: bool = False) -> list[dict]:
+    """The chat messages of one training prompt: [system], user = problem + suffix (JustRL's template)."""
+    if strip_dapo_instruction and user_content.startswith(DAPO_PREFIX) and user_content.endswith(DAPO_SUFFIX):
+        user_content = user_content[len(DAPO_PREFIX):-len(DAPO_SUFFIX)]
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": user_content + suffix}]
+
+
+def policy_loss(logps, old_logps, advantages, mask, clip_low=0.2, clip_high=0.28, clip_c=10.0, *,
+                num_tokens=None, token_weights=None, seq_mean=False):
+    """PPO-clip policy loss with asymmetric clipping and dual clip; returns (loss, clip fractions).
+
+    logps, old_logps, mask, token_weights: (B, T); advantages: (B,) or (B, T). clip_c=None disables the dual clip.
+    Per token: l = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)), and for A < 0 also l = min(l, -A c).
+    Aggregation: sum(l * mask) / num_tokens (default: mask.sum(), the token mean); seq_mean=True averages each
+    sequence's token mean instead. token_weights (e.g. TRL's vLLM importance-sampling ratio) scale l per token."""
+    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
+    ratio = torch.exp(torch.clamp(logps - old_logps, -20.0, 20.0))
+    per_token = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_low, 1 + clip_high))
+    if clip_c is not None:
+        per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * clip_c), per_token)
+    if token_weights is not None:
+        per_token = per_token * token_weights
+    mask = mask.to(per_token.dtype)
+    if seq_mean:
+        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    else:
+        loss = (per_token * mask).sum() / (mask.sum() if num_tokens is None else num_tokens).clamp(min=1.0)
+    with torch.no_grad():
+        clipped = {"clip_ratio/low": (adv < 0) & (ratio < 1 - clip_low),
+                   "clip_ratio/high": (adv > 0) & (ratio > 1 + clip_high),
+                   "clip_ratio/dual": (adv < 0) & (ratio > clip_c) if clip_c is not None else torch.zeros_like(mask).bool()}
+        fractions = {k: ((v.to(mask.dtype) * mask).sum(), mask.sum()) for k, v in clipped.items()}
+    return loss, fractions
+
+
+class ClipHigherGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose loss is `policy_loss`, with paper-unit LR scheduling and per-phase timing."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._phase_time = {"generation": 0.0, "reward": 0.0, "update": 0.0}
+
+    def _compute_loss(self, model, inputs):
+        completion_ids, mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], mask], dim=1)
+        logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True)
+        old_logps = inputs.get("old_per_token_logps")
+        old_logps = logps.detach() if old_logps is None else old_logps
+        training = self.model.training
+        # TRL's "dapo" normaliser: this process's share of the tokens in one optimizer update.
+        num_tokens = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+        if training:
+            num_tokens = num_tokens * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+        is_weights = inputs.get("importance_sampling_ratio") if self.use_vllm and self.vllm_importance_sampling_correction else None
+        loss, clip_counts = policy_loss(logps, old_logps, inputs["advantages"], mask, self.epsilon_low,
+                                        self.epsilon_high, self.args.delta, num_tokens=num_tokens,
+                                        token_weights=is_weights, seq_mean=self.args.seq_mean_loss)
+        if self.args.seq_mean_loss and training:
+            loss = loss / self.current_gradient_accumulation_steps
+        mode = "train" if training else "eval"
+        stats = dict(clip_counts, entropy=((entropies * mask).sum(), mask.sum()))
+        if self.beta != 0.0:
+            ref = inputs["ref_per_token_logps"]
+            kl = torch.exp(ref - logps) - (ref - logps) - 1
+            loss = loss + self.beta * (kl * mask).sum() / (mask.sum() if self.args.seq_mean_loss else num_tokens)
+            stats["kl"] = ((kl.detach() * mask).sum(), mask.sum())
+        for name, (total, count) in stats.items():  # global token means across processes
+            totals = self.accelerator.reduce(torch.stack([total.detach().float(), count.float()]), reduction="sum")
+            self._metrics[mode][name].append((totals[0] / totals[1].clamp(min=1.0)).item())
+        return loss
+
+    def create_scheduler(self, num_training_steps, optimizer=None):
+        if not self.args.scheduler_per_generation or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        # veRL steps the scheduler once per generation step: build it in those units and hold each value for the
+        # generation step's optimizer_updates_per_step updates.
+        updates = self.args.optimizer_updates_per_step
+        self.lr_scheduler = get_scheduler(
+            self.args.lr_scheduler_type, optimizer=self.optimizer if optimizer is None else optimizer,
+            num_warmup_steps=self.args.warmup_generation_steps or 0,
+            num_training_steps=math.ceil(num_training_steps / updates),
+            scheduler_specific_kwargs=self.args.lr_scheduler_kwargs or {})
+        self.lr_scheduler.lr_lambdas = [lambda step, f=f: f(step // updates) for f in self.lr_scheduler.lr_lambdas]
+        for group, lr_lambda, base in zip(self.lr_scheduler.optimizer.param_groups, self.lr_scheduler.lr_lambdas,
+                                          self.lr_scheduler.base_lrs):
+            group["lr"] = base * lr_lambda(self.lr_scheduler.last_epoch)
+        return self.lr_scheduler
+
+    def _generate_and_score_completions(self, inputs):
+        start, reward_before = time.perf_counter(), self._phase_time["reward"]
+        output = super()._generate_and_score_completions(inputs)
+        self._phase_time["generation"] += time.perf_counter() - start - (self._phase_time["reward"] - reward_before)
+        if self.model.training and getattr(self, "_data_order_path", None):
+            rows = sorted({x["row_id"] for x in inputs})
+            with open(self._data_order_path, "a") as f:
+                f.write(json.dumps({"global_step": self.state.global_step, "row_ids": rows}) + "\n")
+        return output
+
+    def _calculate_rewards(self, *args, **kwargs):
+        start = time.perf_counter()
+        rewards = super()._calculate_rewards(*args, **kwargs)
+        self._phase_time["reward"] += time.perf_counter() - start
+        return rewards
+
+    def training_step(self, model, inputs, num_items_in_batch):
+        start, before = time.perf_counter(), self._phase_time["generation"] + self._phase_time["reward"]
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        inside = self._phase_time["generation"] + self._phase_time["reward"] - before
+        self._phase_time["update"] += time.perf_counter() - start - inside
+        if self._step % self.current_gradient_accumulation_steps == 0:  # one optimizer update done
+            for phase, seconds in self._phase_time.items():
+                self._metrics["train"][f"time/{phase}_s"].append(seconds)
+            self._phase_time = dict.fromkeys(self._phase_time, 0.0)
+        return loss
+
+
+def _column(row, path: str):
+    """row["a"]["b"] for path "a.b"; None where any level is missing."""
+    value = row
+    for key in path.split("."):
+        try:
+            value = value[key]
+        except (KeyError, TypeError, IndexError):
+            return None
+    return value
+
+
+def load_prompts(args: ScriptArguments, tokenizer, split: str | None = None, path: str | None = None):
+    """Rows of {prompt (chat messages), solution (ground truth), row_id}; duplicates and long prompts dropped as
+    configured. Returns (dataset, counts)."""
+    from datasets import load_dataset
+
+    source = path or args.dataset_name
+    ext = os.path.splitext(source)[1].lower()
+    if os.path.exists(source):
+        kind = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}.get(ext)
+        if kind is None:
+            raise ValueError(f"{source}: unsupported data file type {ext!r}; use .parquet, .jsonl, .json or .csv.")
+        ds = load_dataset(kind, data_files=source, split="train")
+    elif ext in (".parquet", ".jsonl", ".json", ".csv"):
+        raise FileNotFoundError(f"dataset file {source} does not exist (dataset_name / heldout_file).")
+    else:
+        ds = load_dataset(source, args.dataset_config, split=split or args.dataset_split)
+    for key in ("prompt_column", "answer_column"):
+        column = getattr(args, key).split(".")[0]
+        if column not in ds.column_names:
+            raise ValueError(f"{source} has no column '{column}' (recipe key {key}: {getattr(args, key)!r}); "
+                             f"its columns are {ds.column_names}.")
+
+    def to_prompt(row, idx):
+        content, answer = _column(row, args.prompt_column), _column(row, args.answer_column)
+        if isinstance(content, list):  # chat format: the problem is the last user message
+            content = [m for m in content if m.get("role") == "user"][-1]["content"]
+        if not isinstance(content, str) or answer is None:
+            raise ValueError(f"{source}, row {idx}: no usable {'prompt' if answer is not None else 'answer'} in "
+                             f"column {args.prompt_column if answer is not None else args.answer_column!r}.")
+        prompt = build_prompt(content, args.prompt_suffix, args.system_prompt, args.strip_dapo_instruction)
+        n_tokens = len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False))
+        return {"prompt": prompt, "solution": str(answer), "row_id": idx, "n_prompt_tokens": n_tokens}
+
+    counts = {"rows": len(ds)}
+    ds = ds.map(to_prompt, with_indices=True, remove_columns=ds.column_names, num_proc=args.dataset_num_proc)
+    if args.dedup_prompts:
+        seen, keep = set(), []
+        for i, p in enumerate(ds["prompt"]):
+            text = p[-1]["content"]
+            if text not in seen:
+                seen.add(text)
+                keep.append(i)
+        ds = ds.select(keep)
+    counts["duplicates_dropped"] = counts["rows"] - len(ds)
+    before = len(ds)
+    ds = ds.filter(lambda n: n <= args.max_prompt_length, input_columns="n_prompt_tokens").remove_columns("n_prompt_tokens")
+    counts["too_long_dropped"], counts["kept"] = before - len(ds), len(ds)
+    return ds, counts
+
+
+@torch.no_grad()
+def heldout_accuracy(model, tokenizer, dataset, max_new_tokens: int, batch_size: int = 64) -> float:
+    """Greedy accuracy under JustRL's strict-box DAPO rule (for the demo's before/after numbers)."""
+    from reward import dapo_score
+
+    was_training, side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"
+    correct = 0
+    for i in range(0, len(dataset), batch_size):
+        rows = dataset[i:i + batch_size]
+        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in rows["prompt"]]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        done = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        correct += sum(dapo_score(t, gt) > 0 for t, gt in zip(done, rows["solution"]))
+    model.train(was_training)
+    tokenizer.padding_side = side
+    return correct / max(len(dataset), 1)
+
+
+def _gathered(model):
+    """Full parameters for generation under ZeRO-3 (partitioned at load time); a no-op otherwise."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        import deepspeed
+        return deepspeed.zero.GatheredParameters(list(model.parameters()))
+    return nullcontext()
+
+
+def resolved_config(script_args, training_args, model_args, world_size: int) -> dict:
+    """Everything a run would use, as one JSON-able dict (the --dry_run output)."""
+    config = training_args.to_dict()
+    derived = {"prompts_per_step": training_args.prompts_per_step,
+               "rollouts_per_prompt": training_args.num_generations,
+               "optimizer_updates_per_step": training_args.optimizer_updates_per_step,
+               "max_prompt_length": script_args.max_prompt_length, "world_size": world_size}
+    if training_args.prompts_per_step is not None:
+        b = derive_batch(training_args.prompts_per_step, training_args.num_generations,
+                         training_args.optimizer_updates_per_step, world_size, training_args.per_device_train_batch_size)
+        derived.update(b)
+        config.update({k: b[k] for k in ("gradient_accumulation_steps", "steps_per_generation", "generation_batch_size")})
+    else:
+        derived["generation_batch_size"] = training_args.per_device_train_batch_size * world_size * training_args.steps_per_generation
+        config["generation_batch_size"] = derived["generation_batch_size"]
+    return {"training_args": config, "script_args": asdict(script_args), "model_args": asdict(model_args),
+            "derived": derived}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--dry_run" or a.startswith("--dry_run=") for a in argv):
+        # A dry run plans for GPU machines from any machine: skip transformers' check of this machine for bf16.
+        import transformers.training_args
+        transformers.training_args.is_torch_bf16_gpu_available = lambda: True
+    parser = TrlParser((ScriptArguments, JustRLConfig, ModelConfig))
+    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    if isinstance(script_args.reward_kwargs, str):
+        script_args.reward_kwargs = json.loads(script_args.reward_kwargs)
+    from reward import load_reward_funcs  # fails here, before any model loads, on an unknown reward name
+
+    reward_kwargs = dict(script_args.reward_kwargs or {})
+    if "overlong" in script_args.reward_funcs:
+        reward_kwargs.setdefault("overlong", {}).setdefault("max_completion_length", training_args.max_completion_length)
+    reward_funcs = load_reward_funcs(script_args.reward_funcs, reward_kwargs)
+    if script_args.dry_run:
+        world = script_args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+        print(json.dumps(resolved_config(script_args, training_args, model_args, world), indent=2, default=str))
+        return None
+
+    if script_args.build_tiny:
+        import tiny
+        tiny.ensure_tiny_assets(script_args.tiny_dir)  # every process checks; the first build takes ~30 s
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_ds, counts = load_prompts(script_args, tokenizer)
+    print(f"[data] {json.dumps(counts)}", flush=True)
+    heldout = load_prompts(script_args, tokenizer, path=script_args.heldout_file)[0] if script_args.heldout_file else None
+
+    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
+    training_args.model_init_kwargs = {"revision": model_args.model_revision, "dtype": dtype,
+                                       "attn_implementation": model_args.attn_implementation}
+    trainer = ClipHigherGRPOTrainer(model=model_args.model_name_or_path, reward_funcs=reward_funcs,
+                                    args=training_args, train_dataset=train_ds, processing_class=tokenizer)
+    out = training_args.output_dir
+    checkpoint = training_args.resume_from_checkpoint or (get_last_checkpoint(out) if os.path.isdir(out) else None)
+    summary_path = os.path.join(out, "summary.json")
+    summary = json.load(open(summary_path)) if checkpoint and os.path.exists(summary_path) else {}
+    summary["data"] = counts
+    if script_args.log_data_order:
+        os.makedirs(os.path.join(out, "data_order"), exist_ok=True)
+        trainer._data_order_path = os.path.join(out, "data_order", f"rank{trainer.accelerator.process_index}.jsonl")
+    if heldout is not None and "accuracy_before" not in summary:
+        with _gathered(trainer.model):
+            summary["accuracy_before"] = heldout_accuracy(trainer.model, tokenizer, heldout, script_args.heldout_max_new_tokens)
+    if trainer.accelerator.is_main_process:
+        os.makedirs(out, exist_ok=True)
+        json.dump(summary, open(summary_path, "w"), indent=2)
+    if checkpoint:
+        print(f"[resume] from {checkpoint}", flush=True)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(out)
+    if heldout is not None:
+        from trl.models import unwrap_model_for_generation
+        with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as unwrapped:
+            summary["accuracy_after"] = heldout_accuracy(unwrapped, tokenizer, heldout, script_args.heldout_max_new_tokens)
+    logs = defaultdict(list)
+    for entry in trainer.state.log_history:
+        for key in ("reward", "accuracy", "entropy", "completions/mean_length"):
+            if key in entry:
+                logs[key].append(entry[key])
+    summary.update(global_step=trainer.state.global_step, train_runtime_s=result.metrics.get("train_runtime"),
+                   first_logged={k: v[0] for k, v in logs.items()}, last_logged={k: v[-1] for k, v in logs.items()})
+    if trainer.accelerator.is_main_process:
+        json.dump(summary, open(summary_path, "w"), indent=2)
+        print(f"[summary] {json.dumps(summary)}", flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
