@@ -41,7 +41,7 @@ CHAT_TEMPLATE = (
 N_TRAIN, N_TEST = 4000, 200
 MODEL_SHAPE = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, max_position_embeddings=256)
-SFT_BATCH, SFT_LR, SFT_MAX_STEPS, SFT_CHECK_EVERY, SFT_TARGET_ACCURACY = 32, 3e-3, 1000, 10, 0.35
+SFT_BATCH, SFT_LR, SFT_MAX_STEPS, SFT_CHECK_EVERY, SFT_TARGET_ACCURACY = 32, 3e-3, 1000, 10, 0.5
 
 
 def make_arithmetic_problems(n: int, seed: int, exclude: set | None = None) -> list[dict]:
@@ -106,7 +106,8 @@ def sft_warm_start(model, tokenizer, problems: list[dict], val_problems: list[di
     `val_problems` reaches `target_accuracy`; returns the number of steps taken.
 
     Stopping at a target, not a step count, gives the same kind of partly-competent start on any machine: the
-    accuracy of this model jumps from ~5% to ~90% within 200 steps. A plain loop: a seconds-long warm start of a
+    accuracy of this model jumps from ~5% to ~90% within 200 steps. The default target, 50% on 100 training
+    problems, gives ~65% greedy held-out accuracy and ~13% per sample at temperature 1.0. A plain loop: a seconds-long warm start of a
     100k model needs no Trainer, logging or checkpoints."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -177,7 +178,17 @@ def ensure_tiny_assets(tiny_dir: str = ".cache/tiny", rebuild: bool = False, see
         with open(marker) as f:
             return {**paths, **json.load(f)}
     os.makedirs(tiny_dir, exist_ok=True)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    # One thread: tiny matrices gain little from two, and two processes each spinning two OpenMP threads on a
+    # 2-core machine (two test sessions, or every rank of a launch) slow the build from seconds to many minutes.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _build(tiny_dir, paths, marker, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(tiny_dir: str, paths: dict, marker: str, seed: int) -> dict:
     test = make_arithmetic_problems(N_TEST, seed=seed + 1)
     train = make_arithmetic_problems(N_TRAIN, seed=seed, exclude={p["problem"] for p in test})
     corpus = [p["problem"] + JUSTRL_SUFFIX + " " + worked_solution(p["a"], p["b"]) for p in train]

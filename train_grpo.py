@@ -23,9 +23,8 @@ Commands:
     accelerate launch --config_file accelerate_configs/cpu.yaml train_grpo.py --config recipes/tiny.yaml
     # print the resolved configuration for a cluster of N training processes; loads nothing
     python train_grpo.py --config recipes/justrl.yaml --dry_run --world_size 32
-    # JustRL on one 8-GPU node: vLLM server on GPUs 6-7, training on 0-5 is impossible (512 % 6) - see README;
-    # e.g. 4 training GPUs + 4 vLLM GPUs:
-    CUDA_VISIBLE_DEVICES=4,5,6,7 trl vllm-serve --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --tensor-parallel-size 1 --data-parallel-size 4 &
+    # JustRL on one 8-GPU node: vLLM server on 4 GPUs, 4 training processes (their number must divide 512)
+    CUDA_VISIBLE_DEVICES=4,5,6,7 trl vllm-serve --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --tensor_parallel_size 4 &
     CUDA_VISIBLE_DEVICES=0,1,2,3 accelerate launch --config_file accelerate_configs/zero3.yaml --num_processes 4 \\
         train_grpo.py --config recipes/justrl.yaml
     # several nodes: see launch_slurm.py
@@ -292,22 +291,26 @@ def _column(row, path: str):
     return value
 
 
-def load_prompts(args: ScriptArguments, tokenizer, split: str | None = None, path: str | None = None):
-    """Rows of {prompt (chat messages), solution (ground truth), row_id}; duplicates and long prompts dropped as
-    configured. Returns (dataset, counts)."""
+def load_rows(source: str, config: str | None = None, split: str = "train"):
+    """A dataset as stored: a local .parquet/.jsonl/.json/.csv file, or a Hub id (config, split)."""
     from datasets import load_dataset
 
-    source = path or args.dataset_name
     ext = os.path.splitext(source)[1].lower()
     if os.path.exists(source):
         kind = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}.get(ext)
         if kind is None:
             raise ValueError(f"{source}: unsupported data file type {ext!r}; use .parquet, .jsonl, .json or .csv.")
-        ds = load_dataset(kind, data_files=source, split="train")
-    elif ext in (".parquet", ".jsonl", ".json", ".csv"):
+        return load_dataset(kind, data_files=source, split="train")
+    if ext in (".parquet", ".jsonl", ".json", ".csv"):
         raise FileNotFoundError(f"dataset file {source} does not exist (dataset_name / heldout_file).")
-    else:
-        ds = load_dataset(source, args.dataset_config, split=split or args.dataset_split)
+    return load_dataset(source, config, split=split)
+
+
+def load_prompts(args: ScriptArguments, tokenizer, path: str | None = None):
+    """Rows of {prompt (chat messages), solution (ground truth), row_id}; duplicates and long prompts dropped as
+    configured. row_id is the row's index in load_rows(). Returns (dataset, counts)."""
+    source = path or args.dataset_name
+    ds = load_rows(source, args.dataset_config, args.dataset_split)
     for key in ("prompt_column", "answer_column"):
         column = getattr(args, key).split(".")[0]
         if column not in ds.column_names:
@@ -374,6 +377,14 @@ def _gathered(model):
     return nullcontext()
 
 
+def _write_json(path: str, obj) -> None:
+    """Atomic write: the other ranks may be reading the previous version at the same moment."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
 def resolved_config(script_args, training_args, model_args, world_size: int) -> dict:
     """Everything a run would use, as one JSON-able dict (the --dry_run output)."""
     config = training_args.to_dict()
@@ -416,13 +427,15 @@ def main(argv=None):
 
     if script_args.build_tiny:
         import tiny
-        tiny.ensure_tiny_assets(script_args.tiny_dir)  # every process checks; the first build takes ~30 s
+        with training_args.main_process_first(desc="tiny assets"):  # built once (~30 s), then read by the others
+            tiny.ensure_tiny_assets(script_args.tiny_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train_ds, counts = load_prompts(script_args, tokenizer)
+    with training_args.main_process_first(desc="prompts"):  # the main process fills the datasets cache
+        train_ds, counts = load_prompts(script_args, tokenizer)
+        heldout = load_prompts(script_args, tokenizer, path=script_args.heldout_file)[0] if script_args.heldout_file else None
     print(f"[data] {json.dumps(counts)}", flush=True)
-    heldout = load_prompts(script_args, tokenizer, path=script_args.heldout_file)[0] if script_args.heldout_file else None
 
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
     training_args.model_init_kwargs = {"revision": model_args.model_revision, "dtype": dtype,
@@ -441,8 +454,7 @@ def main(argv=None):
         with _gathered(trainer.model):
             summary["accuracy_before"] = heldout_accuracy(trainer.model, tokenizer, heldout, script_args.heldout_max_new_tokens)
     if trainer.accelerator.is_main_process:
-        os.makedirs(out, exist_ok=True)
-        json.dump(summary, open(summary_path, "w"), indent=2)
+        _write_json(summary_path, summary)
     if checkpoint:
         print(f"[resume] from {checkpoint}", flush=True)
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -459,7 +471,7 @@ def main(argv=None):
     summary.update(global_step=trainer.state.global_step, train_runtime_s=result.metrics.get("train_runtime"),
                    first_logged={k: v[0] for k, v in logs.items()}, last_logged={k: v[-1] for k, v in logs.items()})
     if trainer.accelerator.is_main_process:
-        json.dump(summary, open(summary_path, "w"), indent=2)
+        _write_json(summary_path, summary)
         print(f"[summary] {json.dumps(summary)}", flush=True)
     return summary
 
