@@ -44,17 +44,15 @@ Commands:
       --benchmarks tiny --n_samples 4 --max_new_tokens 48 --output_dir runs/eval/tiny-heldout
 """
 
-import hashlib
 import json
 import os
 import re
 import sys
-import time
-import urllib.request
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import eval_report
+from generation import BACKENDS, resolve_backend  # the generation engines (stages.py samples through them too)
 
 PROMPT_TEMPLATE = "{problem} Please reason step by step, and put your final answer within \\boxed{}."
 # Instruction suffixes that verl-prepared benchmark copies append to the problem.
@@ -240,156 +238,6 @@ def load_benchmark(name: str, args: EvalArgs) -> tuple[list[dict], int, str]:
     else:
         raise KeyError(f"unknown benchmark {name!r}: use one of {list(BENCHMARKS)} or add it with --extra")
     return problems[: args.limit], args.n_samples or n, source
-
-
-# ---------------------------------------------------------------- generation backends
-# A backend maps requests {example_id, messages, seed, chunk, ...} to (request, {response, n_tokens,
-# finish_reason}) pairs, yielded as they finish, in any order.
-
-
-def chunk_seed(seed: int, example_id: str) -> int:
-    """A torch seed fixed by (round seed, first example of the chunk), independent of what ran before."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{example_id}".encode()).digest()[:4], "big")
-
-
-def generate_transformers(requests: list[dict], model: str, sampling: dict, args: EvalArgs):
-    """Batched model.generate on CPU/GPU. Requests arrive in fixed chunks (same `chunk` id), each sampled after
-    torch.manual_seed(chunk_seed(...)), so a resumed run regenerates identical text for every chunk."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model)
-    tok.padding_side = "left"
-    tok.pad_token = tok.pad_token or tok.eos_token
-    dtype = torch.float32 if not torch.cuda.is_available() else getattr(torch, args.dtype)
-    lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).eval()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    lm.to(device)
-    chunks: dict = {}
-    for r in requests:
-        chunks.setdefault(r["chunk"], []).append(r)
-    for chunk in chunks.values():
-        texts = [tok.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True) for r in chunk]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        greedy = sampling["temperature"] == 0
-        torch.manual_seed(chunk_seed(chunk[0]["seed"], chunk[0]["example_id"]))
-        with torch.no_grad():
-            out = lm.generate(**enc, do_sample=not greedy, max_new_tokens=sampling["max_new_tokens"],
-                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                              **({} if greedy else {"temperature": sampling["temperature"],
-                                                    "top_p": sampling["top_p"], "top_k": 0}))
-        for r, ids in zip(chunk, out[:, enc["input_ids"].shape[1]:].tolist()):
-            stop = tok.eos_token_id in ids
-            ids = ids[: ids.index(tok.eos_token_id) + 1] if stop else ids
-            yield r, {"response": tok.decode(ids, skip_special_tokens=True), "n_tokens": len(ids),
-                      "finish_reason": "stop" if stop else "length"}
-
-
-def _vllm_worker(gpu: str, requests: list[dict], model: str, sampling: dict, args: EvalArgs, queue) -> None:
-    os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before vllm is imported: one engine sees one GPU
-    try:
-        from vllm import LLM, SamplingParams
-
-        llm = LLM(model=model, dtype=args.dtype, seed=args.seed, max_model_len=args.max_model_len,
-                  gpu_memory_utilization=args.gpu_memory_utilization)
-        tok = llm.get_tokenizer()
-        for i in range(0, len(requests), 256):  # chunks, so finished samples reach the output file early
-            chunk = requests[i:i + 256]
-            # token ids, not text: vLLM would add a second BOS to a chat-templated text prompt
-            prompts = [{"prompt_token_ids": tok(tok.apply_chat_template(r["messages"], tokenize=False,
-                                                                        add_generation_prompt=True),
-                                                add_special_tokens=False)["input_ids"]} for r in chunk]
-            params = [SamplingParams(n=1, seed=r["seed"], temperature=sampling["temperature"],
-                                     top_p=sampling["top_p"], max_tokens=sampling["max_new_tokens"]) for r in chunk]
-            outs = llm.generate(prompts, params, use_tqdm=False)
-            queue.put([(r, {"response": o.outputs[0].text, "n_tokens": len(o.outputs[0].token_ids),
-                            "finish_reason": o.outputs[0].finish_reason}) for r, o in zip(chunk, outs)])
-    except BaseException as e:  # the parent must hear about it, or it waits forever
-        queue.put(f"vLLM worker on GPU {gpu} failed: {e!r}")
-        raise
-    queue.put(None)
-
-
-def generate_vllm(requests: list[dict], model: str, sampling: dict, args: EvalArgs):
-    """Data parallel: one vLLM engine per visible GPU in its own process, prompts sharded round-robin.
-    vLLM seeds each request separately, so batch composition does not change a sample."""
-    import multiprocessing
-
-    import torch
-
-    gpus = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(torch.cuda.device_count())))).split(",")
-    gpus = gpus[: max(1, min(len(gpus), len(requests)))]
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_vllm_worker, args=(g, requests[i::len(gpus)], model, sampling, args, queue))
-             for i, g in enumerate(gpus)]
-    for p in procs:
-        p.start()
-    running = len(procs)
-    while running:
-        item = queue.get()
-        if item is None:
-            running -= 1
-        elif isinstance(item, str):
-            for p in procs:
-                p.terminate()
-            raise RuntimeError(item)
-        else:
-            yield from item
-    for p in procs:
-        p.join()
-
-
-def openai_chat(base_url: str, body: dict, retries: int = 3) -> dict:
-    """POST {base_url}/chat/completions; retried on connection errors and 5xx answers."""
-    request = urllib.request.Request(base_url.rstrip("/") + "/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json",
-                                              "Authorization": f"Bearer {os.environ.get('OPENAI_API_KEY', 'none')}"})
-    for attempt in range(retries):
-        try:
-            with urllib.request.urlopen(request, timeout=3600) as answer:
-                return json.loads(answer.read())
-        except OSError as e:  # URLError and HTTPError are OSErrors
-            if attempt == retries - 1 or (getattr(e, "code", 500) or 500) < 500:
-                raise RuntimeError(f"{base_url}: chat completion failed: {e}") from e
-            time.sleep(2**attempt)
-
-
-def generate_openai(requests: list[dict], model: str, sampling: dict, args: EvalArgs):
-    """Chat completions against an OpenAI-compatible server, --concurrency requests in flight, seed per request."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
-    base_url = args.base_url
-    if not base_url:
-        raise ValueError("--backend openai needs --base_url (e.g. http://127.0.0.1:8000/v1)")
-
-    def call(r):
-        body = {"model": model, "messages": r["messages"], "n": 1, "seed": r["seed"],
-                "temperature": sampling["temperature"], "top_p": sampling["top_p"],
-                "max_tokens": sampling["max_new_tokens"]}
-        choice = (answer := openai_chat(base_url, body))["choices"][0]
-        text = choice["message"].get("content") or ""
-        if choice["message"].get("reasoning_content"):  # servers with a reasoning parser split the thinking off
-            text = choice["message"]["reasoning_content"] + "\n</think>\n\n" + text
-        return r, {"response": text, "n_tokens": answer.get("usage", {}).get("completion_tokens", 0),
-                   "finish_reason": choice.get("finish_reason")}
-
-    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-        for future in as_completed([pool.submit(call, r) for r in requests]):
-            yield future.result()
-
-
-BACKENDS = {"transformers": generate_transformers, "vllm": generate_vllm, "openai": generate_openai}
-
-
-def resolve_backend(args: EvalArgs) -> str:
-    if args.backend != "auto":
-        if args.backend not in BACKENDS:
-            raise ValueError(f"--backend {args.backend!r}: use one of auto, {', '.join(BACKENDS)}")
-        return args.backend
-    import torch
-
-    return "vllm" if torch.cuda.is_available() else "transformers"
 
 
 # ---------------------------------------------------------------- resumable outputs

@@ -1,6 +1,6 @@
 """Reward functions for GRPO: the DAPO rule verifier (JustRL, DAPO) and the Open-RS rewards, ready for TRL.
 
-What is here (facts: /work/shared/reference/recipes.md, sections 2 and 4):
+What is here (facts: ../shared/reference/recipes.md, sections 2 and 4):
   dapo_verify, dapo_score    verl's math_dapo scorer: strict-box mode (JustRL) or "Answer:" mode (DAPO); +1 / -1
   extract_boxed              content of the last \\boxed{...}, brace matched (grading.py uses it too)
   make_dapo_reward           TRL reward built on dapo_verify; logs "accuracy" whatever the reward scale
@@ -17,7 +17,7 @@ Per-reward weights are TRL's GRPOConfig.reward_weights (one per name, same order
 Every reward is f(completions, solution, **kwargs) -> list[float | None]: TRL passes the dataset columns as
 keywords, and train_grpo.py maps the dataset's answer column onto `solution`. None means "skip this sample".
 
-Test: cd /work/main && source .venv/bin/activate && HF_HUB_OFFLINE=1 python -m pytest tests/test_reward.py -q
+Test: python -m pytest tests/test_reward.py -q
 """
 
 import functools

@@ -1,6 +1,6 @@
 """reward.py as a specification: literal responses in, exact scores out.
 
-Run: cd /work/main && source .venv/bin/activate && HF_HUB_OFFLINE=1 python -m pytest tests/test_reward.py -q
+Run: python -m pytest tests/test_reward.py -q
 """
 
 import functools

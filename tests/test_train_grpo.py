@@ -1,7 +1,6 @@
 """train_grpo.py: the policy loss, batch arithmetic, recipes, prompts, data errors, and real CPU training runs."""
 
 import json
-import math
 import os
 import signal
 import subprocess
