@@ -7,7 +7,9 @@ pipeline in minutes and show it learning. Built once and cached under `--tiny_di
     tokenizer + model   a byte-level BPE tokenizer trained with `tokenizers` on the task's own text, and a
                         ~100k-parameter Qwen2 model (the DeepSeek-R1-Distill-Qwen architecture, shrunk)
     sft/                the model after a short supervised warm start on worked solutions, standing in for a
-                        distilled base: it solves some of the problems, not all, so RL has something to improve
+                        distilled base with a habit: in most traces that need a carry it forgets the carry, so it
+                        solves the problems without one and only some of the others. GRPO's outcome reward has
+                        to find and keep the carry; nothing in the RL step knows about carries.
     train.parquet       DAPO-Math-17k's schema (prompt as a chat list, reward_model.ground_truth)
     test.parquet        held-out problems with no overlap with train, same schema
 
@@ -36,12 +38,13 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-# Sizes of the embedded default. The model is tiny on purpose: it learns two-digit addition partly from the
-# warm start and keeps improving under GRPO on a 2-core CPU within minutes.
+# Sizes of the embedded default. The model is tiny on purpose: it learns two-digit addition with a flaw from the
+# warm start, and GRPO removes the flaw on a 2-core CPU within minutes.
 N_TRAIN, N_TEST = 4000, 200
 MODEL_SHAPE = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, max_position_embeddings=256)
-SFT_BATCH, SFT_LR, SFT_MAX_STEPS, SFT_CHECK_EVERY, SFT_TARGET_ACCURACY = 32, 3e-3, 1000, 10, 0.5
+SFT_STEPS, SFT_BATCH, SFT_LR = 600, 32, 3e-3  # learning rate decays linearly to 0, so the warm start converges
+FORGET_CARRY = 0.6  # share of warm-start traces that drop a needed carry (the habit GRPO has to unlearn)
 
 
 def make_arithmetic_problems(n: int, seed: int, exclude: set | None = None) -> list[dict]:
@@ -59,9 +62,13 @@ def make_arithmetic_problems(n: int, seed: int, exclude: set | None = None) -> l
     return out
 
 
-def worked_solution(a: int, b: int) -> str:
-    """The warm-start target: a short column-addition trace ending in the boxed answer."""
+def worked_solution(a: int, b: int, forget_carry: bool = False) -> str:
+    """A short column-addition trace ending in the boxed answer; with forget_carry, the tens column ignores the
+    carry and the (wrong) answer follows from that."""
     ones = a % 10 + b % 10
+    if forget_carry:
+        tens = a // 10 + b // 10
+        return f"{a % 10}+{b % 10}={ones}. {a // 10}+{b // 10}={tens}. \\boxed{{{tens * 10 + ones % 10}}}"
     tens = a // 10 + b // 10 + ones // 10
     return f"{a % 10}+{b % 10}={ones}. {a // 10}+{b // 10}+{ones // 10}={tens}. \\boxed{{{a + b}}}"
 
@@ -100,26 +107,24 @@ def _prompt_text(tokenizer, problem: str) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def sft_warm_start(model, tokenizer, problems: list[dict], val_problems: list[dict],
-                   target_accuracy: float = SFT_TARGET_ACCURACY, max_steps: int = SFT_MAX_STEPS, seed: int = 0) -> int:
-    """Supervised warm start on worked solutions (loss on completion tokens only) until greedy accuracy on
-    `val_problems` reaches `target_accuracy`; returns the number of steps taken.
+def sft_warm_start(model, tokenizer, problems: list[dict], steps: int = SFT_STEPS, seed: int = 0) -> None:
+    """Supervised warm start on worked solutions (loss on completion tokens only), FORGET_CARRY of the traces that
+    need a carry without it. Converged, the model gets problems without a carry right and sometimes remembers the
+    carry when sampling (it rarely does greedily): ~65% greedy and ~50% sampled held-out accuracy.
 
-    Stopping at a target, not a step count, gives the same kind of partly-competent start on any machine: the
-    accuracy of this model jumps from ~5% to ~90% within 200 steps. The default target, 50% on 100 training
-    problems, gives ~65% greedy held-out accuracy and ~13% per sample at temperature 1.0. A plain loop: a seconds-long warm start of a
-    100k model needs no Trainer, logging or checkpoints."""
+    A plain loop: a seconds-long warm start of a 100k model needs no Trainer, logging or checkpoints."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=SFT_LR, weight_decay=0.0)
     pad = tokenizer.pad_token_id
-    for step in range(1, max_steps + 1):
-        model.train()
-        batch = rng.sample(problems, SFT_BATCH)
+    model.train()
+    for step in range(steps):
         ids, labels = [], []
-        for p in batch:
+        for p in rng.sample(problems, SFT_BATCH):
+            carry = p["a"] % 10 + p["b"] % 10 >= 10
+            forget = carry and rng.random() < FORGET_CARRY
             prompt = tokenizer(_prompt_text(tokenizer, p["problem"]), add_special_tokens=False)["input_ids"]
-            target = tokenizer(worked_solution(p["a"], p["b"]) + tokenizer.eos_token,
+            target = tokenizer(worked_solution(p["a"], p["b"], forget) + tokenizer.eos_token,
                                add_special_tokens=False)["input_ids"]
             ids.append(prompt + target)
             labels.append([-100] * len(prompt) + target)
@@ -127,14 +132,12 @@ def sft_warm_start(model, tokenizer, problems: list[dict], val_problems: list[di
         input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
         label_ids = torch.tensor([y + [-100] * (width - len(y)) for y in labels])
         attention = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=label_ids).loss
-        loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = SFT_LR * (1 - step / steps)
+        model(input_ids=input_ids, attention_mask=attention, labels=label_ids).loss.backward()
         opt.step()
         opt.zero_grad()
-        if step % SFT_CHECK_EVERY == 0 and greedy_accuracy(model, tokenizer, val_problems) >= target_accuracy:
-            break
     model.eval()
-    return step
 
 
 @torch.no_grad()
@@ -191,17 +194,18 @@ def ensure_tiny_assets(tiny_dir: str = ".cache/tiny", rebuild: bool = False, see
 def _build(tiny_dir: str, paths: dict, marker: str, seed: int) -> dict:
     test = make_arithmetic_problems(N_TEST, seed=seed + 1)
     train = make_arithmetic_problems(N_TRAIN, seed=seed, exclude={p["problem"] for p in test})
-    corpus = [p["problem"] + JUSTRL_SUFFIX + " " + worked_solution(p["a"], p["b"]) for p in train]
+    corpus = [p["problem"] + JUSTRL_SUFFIX + " " + worked_solution(p["a"], p["b"], forget_carry=i % 2 == 1)
+              for i, p in enumerate(train)]
     tokenizer = build_tokenizer(corpus)
     model = build_model(tokenizer, seed=seed)
     model.save_pretrained(paths["base_model"])
     tokenizer.save_pretrained(paths["base_model"])
-    sft_steps = sft_warm_start(model, tokenizer, train, val_problems=train[:100], seed=seed)
+    sft_warm_start(model, tokenizer, train, seed=seed)
     model.save_pretrained(paths["model"])
     tokenizer.save_pretrained(paths["model"])
     _to_dapo_rows(train).to_parquet(paths["train"])
     _to_dapo_rows(test).to_parquet(paths["test"])
-    info = {"sft_steps": sft_steps, "sft_heldout_accuracy": greedy_accuracy(model, tokenizer, test),
+    info = {"sft_steps": SFT_STEPS, "sft_heldout_accuracy": greedy_accuracy(model, tokenizer, test),
             "n_params": sum(p.numel() for p in model.parameters())}
     with open(marker, "w") as f:
         json.dump(info, f)

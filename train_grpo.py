@@ -19,7 +19,7 @@ How this departs from TRL's stock GRPOTrainer, and why:
      (`<output_dir>/data_order/`), which shows that a resumed run neither skips nor repeats a prompt.
 
 Commands:
-    # the embedded CPU demo (builds a tiny model and data once, ~5 min on 2 cores)
+    # the embedded CPU demo (builds a tiny model and data once, ~4 min on 2 cores)
     accelerate launch --config_file accelerate_configs/cpu.yaml train_grpo.py --config recipes/tiny.yaml
     # print the resolved configuration for a cluster of N training processes; loads nothing
     python train_grpo.py --config recipes/justrl.yaml --dry_run --world_size 32
@@ -251,6 +251,23 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
                                           self.lr_scheduler.base_lrs):
             group["lr"] = base * lr_lambda(self.lr_scheduler.last_epoch)
         return self.lr_scheduler
+
+    def log(self, logs, start_time=None):
+        super().log(logs, start_time)
+        if not (self.log_completions and self.accelerator.is_main_process and self._logs["completion"]):
+            return
+        # TRL sends completion tables to wandb/trackio (and parquet files); TensorBoard gets them as text.
+        from transformers.integrations import TensorBoardCallback
+
+        from reward import completion_text
+        writer = next((cb.tb_writer for cb in self.callback_handler.callbacks
+                       if isinstance(cb, TensorBoardCallback) and cb.tb_writer is not None), None)
+        if writer is not None:
+            n = self.num_completions_to_print or 4
+            samples = zip(list(self._logs["completion"])[-n:], list(self._logs["advantages"])[-n:])
+            text = "\n\n---\n\n".join(f"advantage {a:+.2f}\n\n    " + completion_text(c).replace("\n", "\n    ")
+                                        for c, a in samples)
+            writer.add_text("completions", text, self.state.global_step)
 
     def _generate_and_score_completions(self, inputs):
         start, reward_before = time.perf_counter(), self._phase_time["reward"]
