@@ -53,6 +53,7 @@ from pathlib import Path
 
 import eval_report
 from generation import BACKENDS, resolve_backend  # the generation engines (stages.py samples through them too)
+from grading import extract_answer, grade, grade_many  # noqa: F401  eval.grade(response, answer) -> bool
 
 PROMPT_TEMPLATE = "{problem} Please reason step by step, and put your final answer within \\boxed{}."
 # Instruction suffixes that verl-prepared benchmark copies append to the problem.
@@ -335,7 +336,6 @@ def verifier_verdict(text: str) -> bool:
 
 def grade_records(records: list[dict], args: EvalArgs, regrade: bool = False) -> None:
     """Fill rule_correct / extracted (where missing, or all when regrading), then the verifier, then `correct`."""
-    from grading import extract_answer, grade_many
 
     todo = [r for r in records if regrade or r.get("correct") is None]
     if not todo:

@@ -362,10 +362,17 @@ def test_grpo_learns_a_rewarded_behaviour(tiny_assets, tmp_path, monkeypatch):
     assert rewards[0] < 0.7 and rewards[1] > 0.9, rewards
 
 
-def run_tiny(out, assets, *extra, env_threads="1"):
-    env = dict(os.environ, OMP_NUM_THREADS=env_threads, HF_HUB_OFFLINE="1")
+def run_tiny(out, assets, *extra):
+    """train_grpo.py in a subprocess; its output goes to <out>.log (a pipe nobody reads would fill and block it)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     cmd = [sys.executable, os.path.join(ROOT, "train_grpo.py"), *tiny_argv(assets, out, *extra)]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = open(f"{out}.log", "a")
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def read_log(out):
+    with open(f"{out}.log") as f:
+        return f.read()
 
 
 def data_order(out):
@@ -382,7 +389,7 @@ def test_resume_after_interruption_neither_skips_nor_repeats_a_prompt(tiny_asset
     common = ("--total_generation_steps", "10", "--save_generation_steps", "2", "--prompts_per_step", "8",
               "--heldout_file", "", "--logging_steps", "1")
     straight = run_tiny(tmp_path / "straight", tiny_assets, *common)
-    assert straight.wait(timeout=600) == 0, straight.stdout.read()[-3000:]
+    assert straight.wait(timeout=600) == 0, read_log(tmp_path / "straight")[-3000:]
 
     out = tmp_path / "interrupted"
     first = run_tiny(out, tiny_assets, *common)
@@ -395,8 +402,8 @@ def test_resume_after_interruption_neither_skips_nor_repeats_a_prompt(tiny_asset
     first.wait()
     assert not (out / "checkpoint-20").exists()
     second = run_tiny(out, tiny_assets, *common)
-    log = second.communicate(timeout=600)[0]
-    assert second.returncode == 0, log[-3000:]
+    assert second.wait(timeout=600) == 0, read_log(out)[-3000:]
+    log = read_log(out)
     assert "[resume] from" in log and "checkpoint-" in log
     expected, resumed = data_order(tmp_path / "straight"), data_order(out)
     assert resumed == expected
