@@ -188,11 +188,15 @@ os._exit(0)
 """
 
 
+# The base interpreter, never a virtual environment's: model programs get the standard library only (not the
+# trainer's packages), and a venv inside the checkout (say under /tmp) would be hidden by the sandbox's own /tmp.
+INTERPRETER = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
 def _python_roots():
-    """Directories the interpreter needs, outside /usr (venvs, pyenv, conda)."""
+    """Directories the base interpreter needs, outside /usr (pyenv, conda, a custom build)."""
     roots = set()
-    for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-              os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))):
+    for p in (sys.base_prefix, sys.base_exec_prefix, os.path.dirname(os.path.dirname(INTERPRETER))):
         for q in (p, os.path.realpath(p)):
             if q != "/" and not q.startswith("/usr/") and q != "/usr":
                 roots.add(q)
@@ -289,10 +293,10 @@ def execute(code: str, stdin: str = "", timeout_s: float = 5.0, memory_mb: int =
     elif backend != "unsafe" and backend_problem(backend) is not None:
         raise SandboxUnavailable(f"sandbox backend {backend!r} is not usable: {backend_problem(backend)}")
     if backend == "unsafe":
-        if os.geteuid() == 0 and not _reachable_by_others(sys.executable):
+        if os.geteuid() == 0 and not _reachable_by_others(INTERPRETER):
             # Model code running as root without a PID namespace can kill(-1) every process on the host.
             raise SandboxUnavailable(
-                f"unsafe mode as root must run the program as a throwaway uid, but {sys.executable} "
+                f"unsafe mode as root must run the program as a throwaway uid, but {INTERPRETER} "
                 "lies under a directory other users cannot enter; install bubblewrap "
                 "(scripts/install_sandbox_deps.sh) or use a Python installed outside /root")
         warnings.warn("sandbox: running model code WITHOUT namespaces: it can reach the network, read "
@@ -333,7 +337,7 @@ def _run(backend, code, stdin, timeout_s, memory_mb, max_output_bytes, max_proce
             cfg["env"] = dict(PROGRAM_ENV, HOME=cfg["workdir"])
         prefix = {"bwrap": lambda: _bwrap_argv(tmpfs_mb, as_root), "unshare": _unshare_argv,
                   "unsafe": lambda: []}[backend]()
-        argv = prefix + [sys.executable, "-S", "-c", LAUNCHER, json.dumps(cfg)]
+        argv = prefix + [INTERPRETER, "-S", "-c", LAUNCHER, json.dumps(cfg)]
         start = time.monotonic()
         proc = subprocess.Popen(argv, stdin=stdin_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 pass_fds=(code_fd, status_w), env={"PATH": PROGRAM_ENV["PATH"]},

@@ -25,6 +25,9 @@ if [ "$(id -u)" -ne 0 ] && [ "$(cat /proc/sys/kernel/unprivileged_userns_clone 2
 fi
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
-(cd "$HERE" && "$PY" -c 'import sandbox
-for b in sandbox.BACKENDS:
-    print("install_sandbox_deps: backend %-8s %s" % (b, sandbox.backend_problem(b) or "ok"))')
+(cd "$HERE" && "$PY" -c 'import sys, sandbox
+problems = {b: sandbox.backend_problem(b) for b in sandbox.BACKENDS}
+for b, problem in problems.items():
+    print("install_sandbox_deps: backend %-8s %s" % (b, problem or "ok"))
+if all(problems.values()):
+    sys.exit("install_sandbox_deps: no sandbox backend works on this host; code rewards cannot run")')

@@ -494,3 +494,15 @@ def test_command_line_run_end_to_end(tiny_model, tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     _assert_png(tmp_path / "accuracy_vs_step.png")
+
+
+def test_models_sweep_without_steps_fails_before_generating(tmp_path, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("generated before checking the steps")
+
+    monkeypatch.setitem(ev.BACKENDS, "transformers", must_not_run)
+    with pytest.raises(ValueError, match="cannot read a step from .*base_model.*pass --steps"):
+        ev.main(["--models", str(tmp_path / "base_model"), str(tmp_path / "checkpoint-10"), "--backend",
+                 "transformers", "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="--steps has 1 values for 2 --models"):
+        ev.main(["--models", "a", "checkpoint-10", "--steps", "0", "--output_dir", str(tmp_path / "out")])
