@@ -458,11 +458,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {out / 'accuracy_vs_step.png'}")
     elif args.models:
         dirs = [str(out / Path(m.rstrip("/")).name) for m in args.models]
-        if args.steps and len(args.steps) != len(dirs):
-            raise SystemExit(f"--steps has {len(args.steps)} values for {len(dirs)} --models")
-        if not args.steps:  # fail before any generation: the plot needs a training step per model
-            for run_dir in dirs:
-                eval_report.step_of(run_dir)
+        eval_report.run_steps(dirs, args.steps or None)  # fail before generating: the plot needs every step
         for model, run_dir in zip(args.models, dirs):
             evaluate(args, model, Path(run_dir))
         eval_report.plot_runs(dirs, out / "accuracy_vs_step.png", args.steps or None)

@@ -188,11 +188,17 @@ def step_of(run_dir: str) -> int:
     return int(match.group(1))
 
 
-def plot_runs(run_dirs: list[str], path: Path, steps: list[int] | None = None) -> dict:
-    """avg@k of each benchmark (and their mean) against training step, from the runs' results.json."""
+def run_steps(run_dirs: list[str], steps: list[int] | None = None) -> list[int]:
+    """The training step of each run: `steps` as given, else read from the directory names."""
     steps = steps or [step_of(d) for d in run_dirs]
     if len(steps) != len(run_dirs):
         raise ValueError(f"--steps has {len(steps)} values for {len(run_dirs)} run directories")
+    return steps
+
+
+def plot_runs(run_dirs: list[str], path: Path, steps: list[int] | None = None) -> dict:
+    """avg@k of each benchmark (and their mean) against training step, from the runs' results.json."""
+    steps = run_steps(run_dirs, steps)
     series: dict[str, list[tuple[int, float]]] = {}
     for step, run_dir in sorted(zip(steps, run_dirs)):
         results_path = Path(run_dir) / "results.json"

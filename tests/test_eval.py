@@ -504,5 +504,5 @@ def test_models_sweep_without_steps_fails_before_generating(tmp_path, monkeypatc
     with pytest.raises(ValueError, match="cannot read a step from .*base_model.*pass --steps"):
         ev.main(["--models", str(tmp_path / "base_model"), str(tmp_path / "checkpoint-10"), "--backend",
                  "transformers", "--output_dir", str(tmp_path / "out")])
-    with pytest.raises(SystemExit, match="--steps has 1 values for 2 --models"):
+    with pytest.raises(ValueError, match="--steps has 1 values for 2 run directories"):
         ev.main(["--models", "a", "checkpoint-10", "--steps", "0", "--output_dir", str(tmp_path / "out")])
