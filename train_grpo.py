@@ -112,7 +112,8 @@ class JustRLConfig(GRPOConfig):
                              "over the global mini-batch); set seq_mean_loss: true for the original GRPO mean.")
         unsupported = {"importance_sampling_level": (self.importance_sampling_level, "token"),
                        "top_entropy_quantile": (self.top_entropy_quantile, 1.0),
-                       "entropy_coef": (self.entropy_coef, 0.0), "off_policy_mask_threshold": (self.off_policy_mask_threshold, None)}
+                       "entropy_coef": (self.entropy_coef, 0.0), "use_adaptive_entropy": (self.use_adaptive_entropy, False),
+                       "off_policy_mask_threshold": (self.off_policy_mask_threshold, None)}
         for key, (value, needed) in unsupported.items():
             if value != needed:
                 raise ValueError(f"{key}={value!r} is not supported by train_grpo.py's policy_loss; set it to {needed!r}.")

@@ -237,6 +237,13 @@ def test_unknown_reward_fails_at_start_up_listing_known_ones(tmp_path):
                  "--reward_kwargs", "{}", "--dry_run"])
 
 
+@pytest.mark.parametrize("flag, value", [("--entropy_coef", "0.01"), ("--use_adaptive_entropy", "true"),
+                                         ("--loss_type", "grpo"), ("--top_entropy_quantile", "0.2")])
+def test_trl_loss_options_policy_loss_does_not_implement_are_refused(flag, value):
+    with pytest.raises(ValueError, match=flag.lstrip("-")):
+        dry_run("justrl.yaml", 32, flag, value)
+
+
 def test_explicit_trl_value_conflicting_with_paper_units_fails():
     with pytest.raises(ValueError, match="max_steps=5 conflicts with the value 17520"):
         dry_run("justrl.yaml", 32, "--max_steps", "5")
