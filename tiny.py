@@ -29,8 +29,6 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-# The JustRL instruction appended to every training prompt (recipes.md section 1); train_grpo.py owns the template.
-JUSTRL_SUFFIX = "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
 SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>"]
 # A Qwen-style chat template, so prompts go through apply_chat_template exactly as for the real models.
 CHAT_TEMPLATE = (
@@ -103,8 +101,9 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2ForCa
 
 
 def _prompt_text(tokenizer, problem: str) -> str:
-    messages = [{"role": "user", "content": problem + JUSTRL_SUFFIX}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    from train_grpo import build_prompt  # the JustRL prompt, exactly as training builds it
+
+    return tokenizer.apply_chat_template(build_prompt(problem), tokenize=False, add_generation_prompt=True)
 
 
 def sft_warm_start(model, tokenizer, problems: list[dict], steps: int = SFT_STEPS, seed: int = 0) -> None:
@@ -140,23 +139,15 @@ def sft_warm_start(model, tokenizer, problems: list[dict], steps: int = SFT_STEP
     model.eval()
 
 
-@torch.no_grad()
-def greedy_accuracy(model, tokenizer, problems: list[dict], max_new_tokens: int = 48, batch_size: int = 100) -> float:
-    """Fraction of `problems` whose greedy completion scores as correct under JustRL's strict-box DAPO rule."""
-    from reward import dapo_score
+def greedy_accuracy(model, tokenizer, problems: list[dict], max_new_tokens: int = 48) -> float:
+    """Held-out greedy accuracy of {problem, answer} dicts: train_grpo.heldout_accuracy (strict-box DAPO rule)."""
+    from datasets import Dataset
 
-    model.eval()
-    correct = 0
-    tokenizer.padding_side = "left"
-    for i in range(0, len(problems), batch_size):
-        chunk = problems[i:i + batch_size]
-        enc = tokenizer([_prompt_text(tokenizer, p["problem"]) for p in chunk], return_tensors="pt",
-                        padding=True, add_special_tokens=False)
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        correct += sum(dapo_score(t, p["answer"]) > 0 for t, p in zip(texts, chunk))
-    return correct / len(problems)
+    from train_grpo import build_prompt, heldout_accuracy
+
+    rows = Dataset.from_dict({"prompt": [build_prompt(p["problem"]) for p in problems],
+                              "solution": [p["answer"] for p in problems]})
+    return heldout_accuracy(model, tokenizer, rows, max_new_tokens)
 
 
 def _to_dapo_rows(problems: list[dict]) -> pd.DataFrame:
@@ -192,6 +183,7 @@ def ensure_tiny_assets(tiny_dir: str = ".cache/tiny", rebuild: bool = False, see
 
 
 def _build(tiny_dir: str, paths: dict, marker: str, seed: int) -> dict:
+    from train_grpo import JUSTRL_SUFFIX
     test = make_arithmetic_problems(N_TEST, seed=seed + 1)
     train = make_arithmetic_problems(N_TRAIN, seed=seed, exclude={p["problem"] for p in test})
     corpus = [p["problem"] + JUSTRL_SUFFIX + " " + worked_solution(p["a"], p["b"], forget_carry=i % 2 == 1)
