@@ -231,9 +231,11 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
             kl = torch.exp(ref - logps) - (ref - logps) - 1
             loss = loss + self.beta * (kl * mask).sum() / (mask.sum() if self.args.seq_mean_loss else num_tokens)
             stats["kl"] = ((kl.detach() * mask).sum(), mask.sum())
-        for name, (total, count) in stats.items():  # global token means across processes
-            totals = self.accelerator.reduce(torch.stack([total.detach().float(), count.float()]), reduction="sum")
-            self._metrics[mode][name].append((totals[0] / totals[1].clamp(min=1.0)).item())
+        # Global token means across processes, all metrics in one all-reduce (this runs every micro-batch).
+        sums = torch.stack([torch.stack([t.detach().float(), c.float()]) for t, c in stats.values()])
+        sums = self.accelerator.reduce(sums, reduction="sum")
+        for name, (total, count) in zip(stats, sums.tolist()):
+            self._metrics[mode][name].append(total / max(count, 1.0))
         return loss
 
     def create_scheduler(self, num_training_steps, optimizer=None):
@@ -335,28 +337,32 @@ def load_prompts(args: ScriptArguments, tokenizer, path: str | None = None):
             raise ValueError(f"{source} has no column '{column}' (recipe key {key}: {getattr(args, key)!r}); "
                              f"its columns are {ds.column_names}.")
 
-    def to_prompt(row, idx):
+    def problem_and_answer(row, idx):
         content, answer = _column(row, args.prompt_column), _column(row, args.answer_column)
         if isinstance(content, list):  # chat format: the problem is the last user message
             content = [m for m in content if m.get("role") == "user"][-1]["content"]
         if not isinstance(content, str) or answer is None:
             raise ValueError(f"{source}, row {idx}: no usable {'prompt' if answer is not None else 'answer'} in "
                              f"column {args.prompt_column if answer is not None else args.answer_column!r}.")
-        prompt = build_prompt(content, args.prompt_suffix, args.system_prompt, args.strip_dapo_instruction)
-        n_tokens = len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False))
-        return {"prompt": prompt, "solution": str(answer), "row_id": idx, "n_prompt_tokens": n_tokens}
+        return {"problem": content, "solution": str(answer), "row_id": idx}
 
     counts = {"rows": len(ds)}
-    ds = ds.map(to_prompt, with_indices=True, remove_columns=ds.column_names, num_proc=args.dataset_num_proc)
-    if args.dedup_prompts:
+    ds = ds.map(problem_and_answer, with_indices=True, remove_columns=ds.column_names, num_proc=args.dataset_num_proc)
+    if args.dedup_prompts:  # before tokenizing: DAPO-Math-17k repeats each prompt ~100 times
         seen, keep = set(), []
-        for i, p in enumerate(ds["prompt"]):
-            text = p[-1]["content"]
-            if text not in seen:
-                seen.add(text)
+        for i, problem in enumerate(ds["problem"]):
+            if problem not in seen:
+                seen.add(problem)
                 keep.append(i)
         ds = ds.select(keep)
     counts["duplicates_dropped"] = counts["rows"] - len(ds)
+
+    def to_prompt(row):
+        prompt = build_prompt(row["problem"], args.prompt_suffix, args.system_prompt, args.strip_dapo_instruction)
+        n_tokens = len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False))
+        return {"prompt": prompt, "n_prompt_tokens": n_tokens}
+
+    ds = ds.map(to_prompt, remove_columns=["problem"], num_proc=args.dataset_num_proc)
     before = len(ds)
     ds = ds.filter(lambda n: n <= args.max_prompt_length, input_columns="n_prompt_tokens").remove_columns("n_prompt_tokens")
     counts["too_long_dropped"], counts["kept"] = before - len(ds), len(ds)
