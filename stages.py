@@ -10,7 +10,7 @@ more than 14 of 16 samples) and code stages remove easy prompts after each epoch
           last checkpoint. A stage with `epochs: E` trains E times in <output_dir>/epoch_<e>/, one pass each,
           selecting again before every epoch with the newest model (removal accumulates: epoch e+1 draws from the
           prompts epoch e kept).
-  select  samples N completions per prompt of a recipe's dataset (train_grpo.load_prompts: the very prompts
+  select  samples N completions per prompt of a recipe's dataset (data.load_prompts: the very prompts
           training sees) through eval.py's generation backends, scores them with the recipe's correctness reward
           (reward.load_reward_funcs), keeps prompts with pass rate <= max_pass_rate, and writes the kept rows
           unchanged (same columns, so the same recipe reads them) plus <out stem>.counts.json (kept, dropped as too
@@ -131,7 +131,7 @@ def read_recipe(recipe: str, overrides: list[str] = ()):
 
 def load_rows(args):
     """The recipe's dataset as stored, before prompt building: the rows `load_prompts`' row_id indexes."""
-    from train_grpo import load_rows as load
+    from data import load_rows as load
 
     return load(args.dataset_name, args.dataset_config, args.dataset_split)
 
@@ -211,7 +211,7 @@ def select(model: str, recipe: str, samples: int, max_pass_rate: float, out: str
     from transformers import AutoTokenizer
 
     from reward import load_reward_funcs
-    from train_grpo import load_prompts
+    from data import load_prompts
 
     script, sampling_args = read_recipe(recipe, list(recipe_args))
     if dataset_name:

@@ -101,7 +101,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2ForCa
 
 
 def _prompt_text(tokenizer, problem: str) -> str:
-    from train_grpo import build_prompt  # the JustRL prompt, exactly as training builds it
+    from data import build_prompt  # the JustRL prompt, exactly as training builds it
 
     return tokenizer.apply_chat_template(build_prompt(problem), tokenize=False, add_generation_prompt=True)
 
@@ -143,7 +143,8 @@ def greedy_accuracy(model, tokenizer, problems: list[dict], max_new_tokens: int 
     """Held-out greedy accuracy of {problem, answer} dicts: train_grpo.heldout_accuracy (strict-box DAPO rule)."""
     from datasets import Dataset
 
-    from train_grpo import build_prompt, heldout_accuracy
+    from data import build_prompt
+    from train_grpo import heldout_accuracy
 
     rows = Dataset.from_dict({"prompt": [build_prompt(p["problem"]) for p in problems],
                               "solution": [p["answer"] for p in problems]})
@@ -183,7 +184,7 @@ def ensure_tiny_assets(tiny_dir: str = ".cache/tiny", rebuild: bool = False, see
 
 
 def _build(tiny_dir: str, paths: dict, marker: str, seed: int) -> dict:
-    from train_grpo import JUSTRL_SUFFIX
+    from data import JUSTRL_SUFFIX
     test = make_arithmetic_problems(N_TEST, seed=seed + 1)
     train = make_arithmetic_problems(N_TRAIN, seed=seed, exclude={p["problem"] for p in test})
     corpus = [p["problem"] + JUSTRL_SUFFIX + " " + worked_solution(p["a"], p["b"], forget_carry=i % 2 == 1)

@@ -1,0 +1,96 @@
+"""Training data: a recipe's dataset (Hub id or local file) -> chat prompts with JustRL's template, ground truths
+and row ids; duplicates and too-long prompts dropped and counted.
+
+train_grpo.py, stages.py (hard-prompt selection) and tiny.py build prompts here, so what a model is trained on,
+selected on and warm-started on is the same text. Nothing to run on its own; to see a recipe's data counts:
+
+    python train_grpo.py --config recipes/justrl.yaml --dry_run   # the resolved config (loads no data)
+    python -c "import data; print(data.build_prompt('What is 1+1?'))"
+"""
+
+import os
+
+JUSTRL_SUFFIX = "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+# DAPO-Math-17k wraps every problem in its own "Answer:" instruction; `strip_dapo_instruction` removes it.
+DAPO_PREFIX = ("Solve the following math problem step by step. The last line of your response should be of the form "
+               "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n")
+DAPO_SUFFIX = "\n\nRemember to put your answer on its own line after \"Answer:\"."
+
+
+def build_prompt(user_content: str, suffix: str = JUSTRL_SUFFIX, system_prompt: str | None = None,
+                 strip_dapo_instruction: bool = False) -> list[dict]:
+    """The chat messages of one training prompt: [system], user = problem + suffix (JustRL's template)."""
+    if strip_dapo_instruction and user_content.startswith(DAPO_PREFIX) and user_content.endswith(DAPO_SUFFIX):
+        user_content = user_content[len(DAPO_PREFIX):-len(DAPO_SUFFIX)]
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": user_content + suffix}]
+
+
+def _column(row, path: str):
+    """row["a"]["b"] for path "a.b"; None where any level is missing."""
+    value = row
+    for key in path.split("."):
+        try:
+            value = value[key]
+        except (KeyError, TypeError, IndexError):
+            return None
+    return value
+
+
+def load_rows(source: str, config: str | None = None, split: str = "train"):
+    """A dataset as stored: a local .parquet/.jsonl/.json/.csv file, or a Hub id (config, split)."""
+    from datasets import load_dataset
+
+    ext = os.path.splitext(source)[1].lower()
+    if os.path.exists(source):
+        kind = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}.get(ext)
+        if kind is None:
+            raise ValueError(f"{source}: unsupported data file type {ext!r}; use .parquet, .jsonl, .json or .csv.")
+        return load_dataset(kind, data_files=source, split="train")
+    if ext in (".parquet", ".jsonl", ".json", ".csv"):
+        raise FileNotFoundError(f"dataset file {source} does not exist (dataset_name / heldout_file).")
+    return load_dataset(source, config, split=split)
+
+
+def load_prompts(args, tokenizer, path: str | None = None):
+    """Rows of {prompt (chat messages), solution (ground truth), row_id}; duplicates and long prompts dropped as
+    configured. row_id is the row's index in load_rows(). `args` holds train_grpo.ScriptArguments' data fields.
+    Returns (dataset, counts)."""
+    source = path or args.dataset_name
+    ds = load_rows(source, args.dataset_config, args.dataset_split)
+    for key in ("prompt_column", "answer_column"):
+        column = getattr(args, key).split(".")[0]
+        if column not in ds.column_names:
+            raise ValueError(f"{source} has no column '{column}' (recipe key {key}: {getattr(args, key)!r}); "
+                             f"its columns are {ds.column_names}.")
+
+    def problem_and_answer(row, idx):
+        content, answer = _column(row, args.prompt_column), _column(row, args.answer_column)
+        if isinstance(content, list):  # chat format: the problem is the last user message
+            content = [m for m in content if m.get("role") == "user"][-1]["content"]
+        if not isinstance(content, str) or answer is None:
+            raise ValueError(f"{source}, row {idx}: no usable {'prompt' if answer is not None else 'answer'} in "
+                             f"column {args.prompt_column if answer is not None else args.answer_column!r}.")
+        return {"problem": content, "solution": str(answer), "row_id": idx}
+
+    counts = {"rows": len(ds)}
+    ds = ds.map(problem_and_answer, with_indices=True, remove_columns=ds.column_names, num_proc=args.dataset_num_proc)
+    if args.dedup_prompts:  # before tokenizing: DAPO-Math-17k repeats each prompt ~100 times
+        seen, keep = set(), []
+        for i, problem in enumerate(ds["problem"]):
+            if problem not in seen:
+                seen.add(problem)
+                keep.append(i)
+        ds = ds.select(keep)
+    counts["duplicates_dropped"] = counts["rows"] - len(ds)
+
+    def to_prompt(row):
+        prompt = build_prompt(row["problem"], args.prompt_suffix, args.system_prompt, args.strip_dapo_instruction)
+        n_tokens = len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False))
+        return {"prompt": prompt, "n_prompt_tokens": n_tokens}
+
+    ds = ds.map(to_prompt, remove_columns=["problem"], num_proc=args.dataset_num_proc)
+    before = len(ds)
+    ds = ds.filter(lambda n: n <= args.max_prompt_length, input_columns="n_prompt_tokens").remove_columns("n_prompt_tokens")
+    counts["too_long_dropped"], counts["kept"] = before - len(ds), len(ds)
+    return ds, counts
