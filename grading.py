@@ -5,26 +5,37 @@ This grader keeps that contract and tightens it in both directions: it accepts m
 (units, `x = 5` for `5`, sets in any order, `1 \\pm \\sqrt{2}`, 4.49e33 for a reference of 4.5e33) and it
 never accepts an answer that is only close. Layers, fastest first; a layer that cannot decide defers:
 
-  0. Structure. Both answers are split, as strings, into atoms inside tuples `(a, b)`, intervals `[a, b)`,
-     sets `\\{a, b\\}`, bare lists `a, b`, unions `A \\cup B` and matrices. Tuples and intervals compare
-     element by element in order and their brackets must be identical (so openness matters); sets and
-     bare lists compare as multisets (a bare list in a reference is nearly always "all solutions");
-     union pieces compare in any order. Doing this on strings avoids sympy's ambiguity of `(1, 2)`.
-  1. Strings. Hendrycks MATH `strip_string`-style normalisation plus units, \\text{}, degrees,
-     percent, dollars and thousands separators; equal strings are equal answers. Letters A-E in a
-     multiple-choice reference must match exactly. `x = 5` matches `5`; `x = 5` never matches `y = 5`.
+  0. Structure (grading_parse.parse_structure). Both answers are split, as strings, into atoms inside
+     tuples `(a, b)` or `(0; -2; 6)`, intervals `[a, b)`, sets `\\{a, b\\}` or `{a, b}`, bare lists
+     `a, b` (also "a or b", "a; b"), unions `A \\cup B` and matrices; a named tuple `(p, q) = (3, 2)` is
+     its values, ordered by its names when both sides name them. Tuples and intervals compare element
+     by element in order and their brackets must be identical (so openness matters); sets and bare
+     lists compare in any order. A set (braces, or a list of tuples: the solutions of a system) may
+     repeat an element; a bare list of numbers is a multiset, so "3, 4, 4" is not "3, 3, 4". Union
+     pieces compare in any order. Doing this on strings avoids sympy's ambiguity of `(1, 2)`.
+  1. Strings (grading_parse.normalize). Hendrycks MATH `strip_string`-style normalisation plus units,
+     \\text{}, degrees, percent, dollars and thousands separators; equal strings are equal answers.
+     Letters A-E in a multiple-choice reference must match exactly. `x = 5` matches `5`; `x = 5` never
+     matches `y = 5`. Nothing that changes the meaning is normalised away: letters after a number are a
+     unit only when set apart and known ("15 cm", not "2xy"), case is folded only for words ("East",
+     not "AB"), degrees inside a trigonometric function become radians, and a space between digits or
+     after a command ("2^3 3", "\\cos h") stays.
   2. Numbers, exactly, with Python Fractions: integers, decimals, \\frac, a/b, mixed numbers, 4.5e33
      and 4.5 \\times 10^{33}. A reference written as a decimal or in scientific notation states its
      precision: the prediction must round to it at the reference's last stated digit (half up), so
      "1.6" accepts 1.62 and 8/5 but not 1.5 or 2, and "0.33" accepts 1/3. Integers and fractions are
-     exact: "\\frac{1}{3}" rejects 0.33 and 0.333333.
-  3. Symbols, in a forked child process that is killed after `timeout_s`: latex2sympy2_extended parses
-     each atom and `simplify(a - b) == 0` decides. Floats become exact rationals first, so a numeric
-     near miss stays a miss. Equations match when one side difference is a non-zero multiple of the
-     other. The child process exists because sympy can hang inside C big-integer arithmetic
-     (`9^{9^{9^{9}}}`), where neither signal.alarm nor a thread can stop it; a kill always works, in the
-     main thread, in worker threads and in pool workers alike. A fork costs ~3 ms and only answers that
-     layers 0-2 cannot decide pay it.
+     exact: "\\frac{1}{3}" rejects 0.33 and 0.333333. A mixed number is a whole answer `2\\frac{1}{2}`
+     with a proper fraction (the MATH convention).
+  3. Symbols (grading_symbolic.equal), in a forked child process that is killed after `timeout_s`:
+     latex2sympy2_extended parses each atom, conservatively (see that module: `\\gamma` is a symbol,
+     juxtaposition is multiplication, a parse that could lose information is refused), and
+     `simplify(a - b) == 0` decides; constants are compared to 45 digits instead, which decides nested
+     radicals fast. Floats become exact rationals first, so a numeric near miss stays a miss. Equations
+     match when one side difference is a non-zero multiple of the other. The child process exists
+     because sympy can hang inside C big-integer arithmetic (`9^{9^{9^{9}}}`), where neither
+     signal.alarm nor a thread can stop it; a kill always works, in the main thread, in worker threads
+     and in pool workers alike, and a killed comparison is "not equal". A fork costs ~3 ms and only
+     answers that layers 0-2 cannot decide pay it.
 
 Use:
 
@@ -46,17 +57,14 @@ from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
 from functools import lru_cache
 
-import sympy
-from latex2sympy2_extended.latex2sympy2 import ConversionConfig, latex2sympy
-
+import grading_symbolic
+# normalize, numbers_equal, strip_string and to_number are re-exported for the tests and bench_grader.py.
+from grading_parse import normalize, numbers_equal, parse_structure, prepare, strip_string, to_number  # noqa: F401
 from reward import extract_boxed
 
 # Longer predictions are refused (after a string check): no correct boxed answer in the benchmarks is
 # close to this, and it bounds every regex and parse below.
 MAX_ANSWER_CHARS = 1000
-# Exponents and digit strings beyond these are left to the killable child instead of Fraction.
-MAX_EXPONENT = 400
-MAX_DIGITS = 400
 # Multiset matching is quadratic; longer lists fall back to order-sensitive comparison.
 MAX_UNORDERED = 64
 
@@ -84,146 +92,7 @@ def unwrap_reference(answer: str) -> str:
     return answer.strip()
 
 
-# ---------------------------------------------------------------- layer 1: strings
-
-
-def strip_string(s: str) -> str:
-    """Hendrycks MATH normalisation (the JustRL rule): spacing, \\left/\\right, dfrac, degrees, dollars,
-    percent, \\text{ unit}, fraction shorthands, leading zeros. Spaces are removed at the end."""
-    s = s.replace("\n", " ").replace("\\!", "").replace("\\\\", "\\")
-    s = s.replace("tfrac", "frac").replace("dfrac", "frac")
-    s = re.sub(r"\\(?:left|right)(?![a-zA-Z])\.?", "", s)
-    s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degree", "", s)
-    s = s.replace("\\$", "").replace("\\%", "").replace("%", "")
-    s = re.sub(r"\\text\{\s+[^{}]*\}$", "", s.strip())  # Hendrycks: a trailing "\text{ unit}"
-    s = re.sub(r"(^|[^\d])\.(\d)", r"\g<1>0.\2", s)
-    s = s.replace(" ", "")
-    s = re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s)
-    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"\\frac(\d)\{", r"\\frac{\1}{", s)
-    s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"^(-?\d+)/(\d+)$", r"\\frac{\1}{\2}", s)
-    return s.rstrip(".")
-
-
-DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degree")
-UNIT_BLOCK = re.compile(r"\\(?:text|mbox|textrm|textnormal|mathrm)\s*\{([^{}]*)\}(\s*\^\s*\{?\d\}?)?")
-TRAILING_UNIT_WORDS = re.compile(r"^(.*?[\d}])\s*([a-zA-Z]{2,}(?:\s+[a-zA-Z]{2,})*)\s*(\^\s*\{?\d\}?)?$")
-
-
-def normalize(atom: str) -> tuple[str, str]:
-    """One atom -> (value, unit). A unit is a \\text{}/\\mbox{} word other than i, e (with its power) or plain
-    words after a number; it is returned apart so "15 cm^2" matches "15" but not "15 cm^3". An atom
-    that is only text ("\\text{Evelyn}") is its text, lower-cased. Degrees are dropped."""
-    atom = DEGREES.sub("", atom)
-    blocks = [m for m in UNIT_BLOCK.finditer(atom) if re.search(r"[a-zA-Z]", m.group(1)) and m.group(1).strip() not in ("i", "e")]
-    rest = atom
-    for m in reversed(blocks):
-        rest = rest[: m.start()] + " " + rest[m.end():]
-    unit = ""
-    if blocks and re.search(r"\w", rest.replace("\\$", "").replace("\\%", "")):
-        unit, atom = " ".join(m.group(1) + (m.group(2) or "") for m in blocks), rest
-    atom = UNIT_BLOCK.sub(lambda m: m.group(1) + (m.group(2) or ""), atom)
-    words = TRAILING_UNIT_WORDS.match(atom.strip())
-    if words and not unit:
-        atom, unit = words.group(1), words.group(2) + (words.group(3) or "")
-    value = strip_string(atom)
-    while value.startswith("{") and _closes_at_end(value):
-        value = value[1:-1]
-    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", value):
-        value = value.replace(",", "")
-    if re.fullmatch(r"[a-zA-Z]{2,}", value):
-        value = value.lower()
-    unit = re.sub(r"(?:square|sq)\s+(\w+)", r"\1^2", unit.lower())
-    unit = re.sub(r"cubic\s+(\w+)", r"\1^3", unit)
-    unit = re.sub(r"s(?=\^|$)", "", re.sub(r"[\s{}\\]", "", unit))
-    return value, unit
-
-
-# ---------------------------------------------------------------- layer 0: structure
-
-
-def prepare(s: str) -> str:
-    """Whole-answer cleanup that keeps structure: dollars, spacing commands, \\left/\\right, "or"/"and"."""
-    s = re.sub(r"(?<!\\)\$", " ", s).replace("\\$", "")
-    s = re.sub(r",\\!\s*", ",", s.replace("{,}", ","))
-    s = re.sub(r"(?<!\\)\\[,;: !]|~|\\q?quad", " ", s.replace("\n", " "))
-    s = re.sub(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big)(?![a-zA-Z])\.?", "", s)
-    s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}").replace("\\displaystyle", "")
-    s = s.replace("dfrac", "frac").replace("tfrac", "frac").replace("∞", "\\infty").replace("\\infin ", "\\infty ")
-    s = re.sub(r"\+\s*\\infty", r"\\infty", s)
-    s = re.sub(r"\\(?:text|mbox)\s*\{\s*(?:or|and)\s*\}|\s+(?:or|and)\s+", ",", s)
-    s = re.sub(r"\\(?:textbf|mathbf|boldsymbol|mathit|textit)\s*\{([^{}]*)\}", r"\1", s)
-    s = re.sub(r"^\s*[a-zA-Z]\s*\\in\s*", "", s)
-    return s.strip().rstrip(".").strip()
-
-
-OPENERS, CLOSERS = "([{", ")]}"
-
-
-def _split_top(s: str, separators: tuple[str, ...]) -> list[str]:
-    parts, depth, start, i = [], 0, 0, 0
-    while i < len(s):
-        if s[i] in OPENERS:
-            depth += 1
-        elif s[i] in CLOSERS:
-            depth -= 1
-        elif depth == 0:
-            sep = next((t for t in separators if s.startswith(t, i)), None)
-            if sep:
-                parts.append(s[start:i])
-                start = i = i + len(sep)
-                continue
-        i += 1
-    return parts + [s[start:]]
-
-
-def _closes_at_end(s: str) -> bool:
-    depth = 0
-    for i, ch in enumerate(s):
-        depth += ch in OPENERS
-        depth -= ch in CLOSERS
-        if depth == 0:
-            return i == len(s) - 1
-    return False
-
-
-def _expand_pm(atoms: list[str]) -> list[str]:
-    out = []
-    for a in atoms:
-        if a.count("\\pm") + a.count("\\mp") == 1:
-            out += [a.replace("\\pm", "+").replace("\\mp", "-"), a.replace("\\pm", "-").replace("\\mp", "+")]
-        else:
-            out.append(a)
-    return out
-
-
-def parse_structure(s: str):
-    """Answer string -> nested tuples: ("atom", s), ("ordered", brackets, [..]), ("unordered", [..]),
-    ("union", [..]) or ("matrix", [[..], ..])."""
-    s = s.strip()
-    matrix = re.fullmatch(r"\\begin\{([pbvB]?matrix)\}(.*)\\end\{\1\}", s, re.S)
-    if matrix:
-        rows = [r for r in matrix.group(2).split("\\\\") if r.strip()]
-        return ("matrix", [[parse_structure(c) for c in r.split("&")] for r in rows])
-    pieces = _split_top(s, ("\\cup", "∪"))
-    if len(pieces) > 1:
-        return ("union", [parse_structure(p) for p in pieces])
-    items = [p for p in _split_top(s, (",", ";")) if p.strip()]
-    if len(items) > 1 and not re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s):
-        return ("unordered", [parse_structure(p) for p in _expand_pm(items)])
-    if s.startswith("\\{") and s.endswith("\\}") and _closes_at_end(s[1:]):
-        return ("unordered", [parse_structure(p) for p in _expand_pm(_split_top(s[2:-2], (",", ";")))])
-    if len(s) > 1 and s[0] in "([" and s[-1] in ")]" and _closes_at_end(s):
-        inner = _split_top(s[1:-1], (",",))
-        if len(inner) > 1:
-            return ("ordered", s[0] + s[-1], [parse_structure(p) for p in inner])
-        if s[0] == "(":
-            return parse_structure(s[1:-1])
-    pm = _expand_pm([s])
-    if len(pm) == 2:
-        return ("unordered", [("atom", a) for a in pm])
-    return ("atom", s)
+# ---------------------------------------------------------------- layer 0: comparing structures
 
 
 def _all3(results) -> bool | None:
@@ -251,10 +120,42 @@ def _perfect_matching(ok: list[list[bool]]) -> bool:
     return all(augment(p, set()) for p in range(len(ok)))
 
 
+def _reorder(tree, order: list[int]):
+    """Coordinates of a tuple, or of every tuple in a list, put in `order`; None if the shapes differ."""
+    if tree[0] == "ordered" and len(tree[2]) == len(order):
+        return ("ordered", tree[1], [tree[2][i] for i in order])
+    if tree[0] in ("unordered", "set"):
+        items = [_reorder(t, order) for t in tree[1]]
+        return None if None in items else (tree[0], items)
+    return None
+
+
+def _distinct(items: list) -> list:
+    """Items without repeats that layers 0-2 prove equal: {1, 1, 2} is the set {1, 2}."""
+    out = []
+    for item in items:
+        if not any(structures_equal(item, kept, atoms_equal_fast) is True for kept in out):
+            out.append(item)
+    return out
+
+
 def structures_equal(pred, ref, atoms_equal) -> bool | None:
     """Compare two parsed structures with `atoms_equal(pred_atom, ref_atom) -> bool | None`."""
-    kind = pred[0]
-    if kind != ref[0]:
+    if "named" in (pred[0], ref[0]):  # "(p, q) = (3, 2)": the names order the values, if both sides have them
+        p_names, pred = (pred[1], pred[2]) if pred[0] == "named" else (None, pred)
+        r_names, ref = (ref[1], ref[2]) if ref[0] == "named" else (None, ref)
+        if p_names and r_names and p_names != r_names:
+            if sorted(p_names) != sorted(r_names) or len(set(p_names)) != len(p_names):
+                return False
+            pred = _reorder(pred, [p_names.index(n) for n in r_names])
+            if pred is None:
+                return False
+        return structures_equal(pred, ref, atoms_equal)
+    # A list written in braces, or a list of tuples (the solutions of a system), is a set: a repeat in the
+    # prediction is the same element again. A bare list of numbers may be a multiset (side lengths 3, 3, 4).
+    is_set = "set" in (pred[0], ref[0]) or (ref[0] == "unordered" and all(r[0] == "ordered" for r in ref[1]))
+    kind = "unordered" if pred[0] == "set" else pred[0]
+    if kind != ("unordered" if ref[0] == "set" else ref[0]):
         return False
     if kind == "atom":
         return atoms_equal(pred[1], ref[1])
@@ -265,6 +166,8 @@ def structures_equal(pred, ref, atoms_equal) -> bool | None:
     if kind == "ordered" and pred[1] != ref[1]:
         return False
     preds, refs = pred[-1], ref[-1]
+    if kind == "unordered" and is_set and len(preds) <= MAX_UNORDERED and len(_distinct(refs)) == len(refs):
+        preds = _distinct(preds)
     if len(preds) != len(refs):
         return False
     if kind == "ordered" or len(refs) > MAX_UNORDERED:
@@ -277,50 +180,16 @@ def structures_equal(pred, ref, atoms_equal) -> bool | None:
     return None
 
 
-# ---------------------------------------------------------------- layer 2: numbers
-
-DECIMAL = r"[+-]?(?:\d+\.?\d*|\.\d+)"
-
-
-def to_number(value: str) -> tuple[Fraction, Fraction | None] | None:
-    """Normalised atom -> (exact value, quantum). The quantum is the place value of the last stated digit
-    for decimals and scientific notation (the reference's precision), None for exact forms."""
-    if len(value) > MAX_DIGITS:
-        return None
-    m = re.fullmatch(DECIMAL, value)
-    if m:
-        decimals = len(value.split(".")[1]) if "." in value else None
-        return Fraction(value), (Fraction(1, 10**decimals) if decimals is not None else None)
-    m = re.fullmatch(rf"({DECIMAL})(?:[eE]|(?:\\times|\\cdot|\*|x)10\^)\{{?([+-]?\d+)\}}?", value)
-    if m and abs(int(m.group(2))) <= MAX_EXPONENT:
-        mantissa, exponent = m.group(1), int(m.group(2))
-        decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
-        return Fraction(mantissa) * Fraction(10) ** exponent, Fraction(10) ** (exponent - decimals)
-    m = re.fullmatch(rf"(-?)\\frac\{{({DECIMAL})\}}\{{({DECIMAL})\}}|(-?)({DECIMAL})/({DECIMAL})", value)
-    if m:
-        sign, num, den = (m.group(1), m.group(2), m.group(3)) if m.group(2) else (m.group(4), m.group(5), m.group(6))
-        if Fraction(den) != 0:
-            return (-1 if sign else 1) * Fraction(num) / Fraction(den), None
-    m = re.fullmatch(r"(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}", value)  # mixed number 1\frac{4}{5}
-    if m and int(m.group(4)) != 0:
-        whole = int(m.group(2)) + Fraction(int(m.group(3)), int(m.group(4)))
-        return (-whole if m.group(1) else whole), None
-    return None
-
-
-def numbers_equal(pred: Fraction, ref: Fraction, quantum: Fraction | None) -> bool:
-    """Exact equality, or for a reference with stated precision: pred rounded (half up) to it."""
-    if quantum is None:
-        return pred == ref
-    steps = abs(pred) / quantum
-    rounded = (steps.numerator * 2 + steps.denominator) // (steps.denominator * 2)
-    return (rounded if pred >= 0 else -rounded) * quantum == ref
-
-
 # ---------------------------------------------------------------- atoms: layers 1 and 2
 
 WORD = re.compile(r"[a-z]{3,}")  # "evelyn", "east": a text answer, not a product of symbols
 BASE = re.compile(r"([0-9A-Z]+)_\{?(\d+)\}?")
+
+
+def _base_number(value: str):
+    """"52_8" -> its match, if the subscript is a base (2-36) and every digit is valid in it; "X_1" is not."""
+    m = BASE.fullmatch(value)
+    return m if m and 2 <= int(m.group(2)) <= 36 and all(int(d, 36) < int(m.group(2)) for d in m.group(1)) else None
 SIMPLE_LHS = re.compile(r"(?:[A-Za-z]|\\[a-zA-Z]+)(?:_\{[^{}=]*\}|_\w)?(?:\([a-z,]*\))?")
 
 
@@ -364,7 +233,7 @@ def atoms_equal_fast(pred: str, ref: str) -> bool | None:
     pv, rv = sides
     if pv == rv:
         return True
-    p_base, r_base = BASE.fullmatch(pv), BASE.fullmatch(rv)
+    p_base, r_base = _base_number(pv), _base_number(rv)
     if p_base or r_base:  # 52_8: the subscript is a base, and "52" alone names the same digits
         p_digits, r_digits = (p_base.group(1) if p_base else pv), (r_base.group(1) if r_base else rv)
         return p_digits == r_digits and (not p_base or not r_base or p_base.group(2) == r_base.group(2))
@@ -376,61 +245,19 @@ def atoms_equal_fast(pred: str, ref: str) -> bool | None:
 
 # ---------------------------------------------------------------- layer 3: sympy (child process only)
 
-CONVERSION = ConversionConfig(lowercase_symbols=False, interpret_as_mixed_fractions=True)
-
-
-def _to_sympy(value: str):
-    expr = latex2sympy(value, normalization_config=None, conversion_config=CONVERSION)
-    if isinstance(expr, sympy.Basic):
-        expr = expr.xreplace({s: sympy.I for s in expr.free_symbols if s.name == "i"})
-        expr = expr.xreplace({f: sympy.Rational(str(f)) for f in expr.atoms(sympy.Float)})
-    return expr
-
-
-def _is_zero(diff) -> bool:
-    """Proof that diff == 0. Numbers are first estimated to 30 digits, and expressions in symbols at a
-    few rational points, so that a wrong answer is rejected without the slow simplify()."""
-    if isinstance(diff, sympy.MatrixBase):
-        return all(_is_zero(d) for d in diff)
-    if diff == 0:
-        return True
-    symbols = sorted(diff.free_symbols, key=str)
-    for point in ([], [sympy.Rational(7, 11)], [sympy.Rational(-13, 5)])[: 3 if symbols else 1]:
-        at = diff.subs({s: point[0] + k for k, s in enumerate(symbols)}) if point else diff
-        estimate = sympy.N(at, 30)
-        if estimate.is_number and estimate.is_comparable and abs(estimate) > sympy.Float("1e-20"):
-            return False
-    return sympy.expand(diff) == 0 or sympy.simplify(diff) == 0
-
 
 def atoms_equal_symbolic(pred: str, ref: str) -> bool:
-    """Layer 3 for one atom: latex2sympy both sides, then simplify(a - b) == 0."""
+    """Layer 3 for one atom (grading_symbolic.equal); a decimal reference states its precision here too."""
     fast = atoms_equal_fast(pred, ref)
     if fast is not None:
         return fast
-    sides = _assignment_sides(normalize(pred)[0], normalize(ref)[0])
-    pv, rv = sides
-    try:
-        a, b = _to_sympy(pv), _to_sympy(rv)
-        rn = to_number(rv)
-        if rn and rn[1] is not None and isinstance(a, sympy.Expr) and not a.free_symbols:
-            value = sympy.N(a, 40)
-            return value.is_real is True and numbers_equal(Fraction(str(value)), rn[0], rn[1])
-        if isinstance(a, sympy.Equality) and isinstance(b, sympy.Equality):
-            da, db = a.lhs - a.rhs, b.lhs - b.rhs
-            ratio = sympy.simplify(da / db)
-            return _is_zero(da - db) or (ratio.is_number and ratio != 0 and ratio.is_finite is True)
-        if isinstance(a, sympy.core.relational.Relational) or isinstance(b, sympy.core.relational.Relational):
-            if type(a) is type(b):
-                return _is_zero((a.lhs - a.rhs) - (b.lhs - b.rhs))
-            return type(a) is type(b.reversed) and _is_zero((a.lhs - a.rhs) - (b.rhs - b.lhs))
-        if isinstance(a, sympy.Set) or isinstance(b, sympy.Set) or isinstance(a, sympy.Tuple):
-            return a == b
-        if isinstance(a, sympy.MatrixBase) != isinstance(b, sympy.MatrixBase):
-            return False
-        return _is_zero(a - b)
-    except Exception:
-        return False
+    pv, rv = _assignment_sides(normalize(pred)[0], normalize(ref)[0])
+    rn = to_number(rv)
+    if rn and rn[1] is not None:
+        value = grading_symbolic.real_value(pv)
+        if value is not None:
+            return numbers_equal(Fraction(str(value)), rn[0], rn[1])
+    return grading_symbolic.equal(pv, rv)
 
 
 def _in_child(fn, timeout_s: float) -> bool:
@@ -464,14 +291,8 @@ def _in_child(fn, timeout_s: float) -> bool:
 @lru_cache(maxsize=1)
 def _warm_parser() -> None:
     # The ANTLR tables and sympy's simplify machinery load lazily (~0.5 s); load them once in the parent
-    # so that every forked child inherits them instead of paying again. Fixed, known-fast inputs.
-    for latex in [r"\frac{\sqrt{3}}{2}+x^{2}", r"\sin(\pi t) \cdot e^{-t}", r"y=2x+1", r"\binom{2n}{n}"]:
-        try:
-            expr = latex2sympy(latex, normalization_config=None, conversion_config=CONVERSION)
-            sympy.simplify(expr.lhs - expr.rhs if isinstance(expr, sympy.Equality) else expr - 1)
-            sympy.N(expr.subs({s: sympy.Rational(7, 11) for s in expr.free_symbols}) if expr.free_symbols else expr)
-        except Exception:
-            pass
+    # so that every forked child inherits them instead of paying again.
+    grading_symbolic.warm()
 
 
 # ---------------------------------------------------------------- public API

@@ -293,21 +293,21 @@ def test_pathological_answer_is_wrong_in_bounded_time(prediction):
     assert time.monotonic() - start < 3.0
 
 
-# (10^7)!/(10^7 - 1)! equals 10^7, so the cheap numeric checks pass and simplify() starts multiplying
+# (10^7)!/(10^7 - 1)! x equals 10^7 x, so the cheap numeric checks pass and simplify() starts multiplying
 # ten million big integers in C, where no signal can interrupt it: only the kill of the child ends it.
-EXPENSIVE = r"\frac{(10^{7})!}{(10^{7}-1)!}"
+EXPENSIVE = r"\frac{(10^{7})!}{(10^{7}-1)!}x"
 
 
 def test_symbolic_work_past_the_timeout_is_killed_and_wrong():
     grade(boxed(r"\sqrt{4}"), "2")  # builds the parser tables once, outside the timed part
     start = time.monotonic()
-    assert grade(boxed(EXPENSIVE), "10^{7}", timeout_s=0.5) is False
+    assert grade(boxed(EXPENSIVE), "10^{7}x", timeout_s=0.5) is False
     assert time.monotonic() - start < 2.0
 
 
 def test_symbolic_work_past_the_timeout_is_killed_in_a_worker_thread():
     results = []
-    worker = threading.Thread(target=lambda: results.append(grade(boxed(EXPENSIVE), "10^{7}", timeout_s=0.5)))
+    worker = threading.Thread(target=lambda: results.append(grade(boxed(EXPENSIVE), "10^{7}x", timeout_s=0.5)))
     start = time.monotonic()
     worker.start()
     worker.join(timeout=5)
@@ -346,3 +346,257 @@ def test_grade_many_in_process_equals_grade():
 @pytest.mark.slow
 def test_grade_many_with_two_workers_equals_grade():
     assert grade_many(PAIRS, workers=2) == [grade(r, a) for r, a in PAIRS]
+
+
+# ---------------------------------------------------------------- issue 9: a parse must not lose information
+# A wrong Minerva answer was accepted: the grammar read \gamma as the gamma function, so "(\gamma^2 - 2)" was
+# Gamma(-2)^2 = zoo^2, the same value as "(\gamma^2 - 1)", and zoo^2 - zoo^2 cancelled to 0. Each test below
+# is one way two different answers reached the same value.
+
+MINERVA = r"m_p c^2 (\gamma^2 - 1) \sin^2\theta"
+
+
+def test_minerva_formula_with_another_constant_is_wrong():
+    assert grade(boxed(r"m_p c^2 (\gamma^2 - 2) \sin^2\theta"), MINERVA) is False
+    assert grade(boxed(r"m_p c^2 (\gamma^2 + 1) \sin^2\theta"), MINERVA) is False
+
+
+def test_minerva_formula_commuted_or_expanded_is_right():
+    assert grade(boxed(r"(\gamma^2-1) m_p c^2 \sin^2\theta"), MINERVA) is True
+    assert grade(boxed(r"m_p c^2 \gamma^2 \sin^2\theta - m_p c^2 \sin^2\theta"), MINERVA) is True
+
+
+def test_gamma_is_a_symbol_not_a_function_or_eulers_constant():
+    from grading_symbolic import to_sympy
+
+    assert str(to_sympy(r"\gamma^2-2")) == "gamma**2 - 2"
+    assert grade(boxed(r"\Gamma^2 - 2"), r"\Gamma^2 - 1") is False
+    assert grade(boxed(r"\gamma"), "0.58") is False
+
+
+def test_values_that_are_not_finite_never_compare_equal():
+    assert grade(boxed(r"\frac{1}{0}x"), r"\frac{2}{0}x") is False
+
+
+def test_juxtaposition_is_multiplication_not_a_mixed_number():
+    from grading_symbolic import to_sympy
+
+    assert str(to_sympy("2(3)")) == "2*3"
+    assert grade(boxed("2(3)"), "5") is False
+    assert grade(boxed("2(3)"), "6") is True
+    assert grade(boxed("2^3 3^2"), "17") is False
+    assert grade(boxed("2^3 3^2"), "72") is True
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        ("2xy", "2", False),
+        (r"\frac{1}{2}bh", r"\frac{1}{2}", False),
+        ("3 ab", "3", False),
+        (r"\frac{1}{2}bh", r"\frac{bh}{2}", True),
+        ("2nm", "2", False),
+        ("15 cm", "15", True),
+        ("12 apples", "12", True),
+    ],
+)
+def test_letters_after_a_number_are_a_unit_only_when_they_name_one(prediction, reference, expected):
+    assert grade(boxed(prediction), reference) is expected
+
+
+def test_unit_blocks_inside_a_formula_are_no_units():
+    assert grade(boxed(r"\frac{3}{2}\mathrm{k}T"), r"\frac{3}{2}T") is False
+    assert grade(boxed(r"m_\mathrm{n} c^2"), r"m_\mathrm{p} c^2") is False
+
+
+def test_letter_case_matters_outside_text():
+    assert grade(boxed("XY"), "xy") is False
+    assert grade(boxed(r"\text{EAST}"), r"\text{east}") is True
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        ("2^3 3", "2^{33}", False),
+        ("2^3 3", "24", True),
+        (r"\cos h", r"\cosh", False),
+        ("10 000", "10000", True),
+        (r"\frac 1 2", "0.5", True),
+    ],
+)
+def test_spaces_that_separate_tokens_are_kept(prediction, reference, expected):
+    assert grade(boxed(prediction), reference) is expected
+
+
+def test_digits_separated_by_a_space_are_ambiguous_and_refused():
+    assert grade(boxed("2 3"), "23") is False
+    assert grade(boxed("2 3"), "6") is False
+
+
+def test_composition_is_no_degree_sign():
+    assert grade(boxed(r"f \circ g"), r"g \circ f") is False
+
+
+def test_degrees_inside_a_trigonometric_function_are_not_dropped():
+    assert grade(boxed(r"\sin 30^\circ"), r"\sin 30") is False
+
+
+def test_equations_without_unknowns_are_not_compared():
+    assert grade(boxed("2=3"), "5=7") is False
+
+
+def test_subscript_is_a_base_only_when_the_digits_fit_it():
+    assert grade(boxed("X_1"), "X") is False
+    assert grade(boxed("19_3"), "19") is False
+    assert grade(boxed("12_3"), "12") is True
+
+
+@pytest.mark.parametrize(
+    "prediction, reference",
+    [
+        (r"10^{-50}", r"2 \cdot 10^{-50}"),
+        (r"\sqrt{5+2\sqrt{6}} \cdot 10^{500} + 1", r"(\sqrt{2}+\sqrt{3}) \cdot 10^{500}"),
+        (r"e^{\pi\sqrt{163}}", "640320^3+744"),
+    ],
+    ids=["tiny", "huge", "near-integer"],
+)
+def test_constants_that_differ_beyond_the_numeric_precision_are_wrong(prediction, reference):
+    assert grade(boxed(prediction), reference) is False
+
+
+# ---------------------------------------------------------------- issue 9: right answers in more forms
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        ("(3,2)", "$(p,q)=(3,2)$", True),
+        ("(2,3)", "$(p,q)=(3,2)$", False),
+        ("(p,q)=(3,2)", "(3,2)", True),
+        ("(q,p)=(2,3)", "$(p,q)=(3,2)$", True),
+        ("(q,p)=(3,2)", "$(p,q)=(3,2)$", False),
+        ("(x,y)=(1,2)", "(a,b)=(1,2)", False),
+        (r"(x, y) = (5, 8) \text{ and } (8, 5)", "(5,8),(8,5)", True),
+        (r"(x, y) = (5, 8) \text{ and } (8, 6)", "(5,8),(8,5)", False),
+    ],
+)
+def test_named_tuple_on_the_left_of_equals(prediction, reference, expected):
+    assert grade(boxed(prediction), reference) is expected
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        ("(11,7)or(7,11)", "(7,11),(11,7)", True),
+        ("(11,7)or(7,12)", "(7,11),(11,7)", False),
+        ("-12;-11;-10", r"\{-12,-11,-10\}", True),
+        ("-12;-11;-9", r"\{-12,-11,-10\}", False),
+        ("{1, 2}", r"\{1,2\}", True),
+        ("{1, 3}", r"\{1,2\}", False),
+        ("(0;0;0),(4;-2;6)", "(0,0,0),(4,-2,6)", True),
+        ("(0;0;0),(4;2;6)", "(0,0,0),(4,-2,6)", False),
+        (r"2 \text{ or } -3", "-3, 2", True),
+        (r"2 \text{ or } 3", "-3, 2", False),
+    ],
+)
+def test_answer_sets_written_with_or_semicolons_or_plain_braces(prediction, reference, expected):
+    assert grade(boxed(prediction), reference) is expected
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        ("(1,2),(2,1),(1,2)", "(1,2),(2,1)", True),
+        ("(1,2),(1,2)", "(1,2),(2,1)", False),
+        (r"\{1,1,2\}", r"\{1,2\}", True),
+        (r"\{1,1\}", r"\{1,2\}", False),
+        ("3,4,4", "3,3,4", False),
+        ("3,4", "3,3,4", False),
+        ("3,3,4", "3,4,3", True),
+    ],
+)
+def test_repeats_collapse_only_when_the_reference_is_a_set(prediction, reference, expected):
+    assert grade(boxed(prediction), reference) is expected
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        (r"2\frac{1}{2}", r"\frac{5}{2}", True),
+        (r"2 \frac{1}{2}", "2.5", True),
+        (r"-2\frac{1}{2}", r"-\frac{5}{2}", True),
+        (r"\frac{25}{4}", r"6\frac{1}{4}", True),
+        (r"2\frac{1}{2}", "1", False),
+        (r"-1\frac{1}{3}", r"-\frac{2}{3}", False),
+        (r"2\frac{\sqrt{3}}{2}", r"\sqrt{3}", True),
+        (r"2\frac{x}{3}", r"\frac{2x}{3}", True),
+    ],
+)
+def test_a_whole_answer_integer_and_proper_fraction_is_a_mixed_number(prediction, reference, expected):
+    assert grade(boxed(prediction), reference) is expected
+
+
+@pytest.mark.parametrize(
+    "prediction, reference",
+    [
+        (r"3\frac{1}{2}x", r"\frac{7}{2}x"),
+        (r"3\frac{1}{2}x", r"\frac{3}{2}x"),
+        (r"2\frac{3}{2}", r"\frac{7}{2}"),
+        (r"2\frac{3}{2}", "3"),
+    ],
+)
+def test_integer_and_fraction_that_may_be_a_product_are_refused(prediction, reference):
+    assert grade(boxed(prediction), reference) is False
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        ("2(x+1)", "2x+2", True),
+        ("2(x+1)", "2x+1", False),
+        (r"\pi r^2", r"r^2 \pi", True),
+        (r"\pi r^2", r"2 \pi r", False),
+        ("x y z", "xyz", True),
+        ("ab^2", "b^2a", True),
+        ("ab^2", "(ab)^2", False),
+    ],
+)
+def test_implicit_multiplication(prediction, reference, expected):
+    assert grade(boxed(prediction), reference) is expected
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        (r"\sin 30^\circ", r"\frac{1}{2}", True),
+        (r"\cos 60^{\circ}", "0.5", True),
+        (r"\frac{1}{2}", r"\sin 30^\circ", True),
+        (r"\cos 36^\circ", r"\frac{1+\sqrt{5}}{4}", True),
+        (r"\cos 30^\circ", r"\frac{1}{2}", False),
+        (r"\sin 30", r"\frac{1}{2}", False),
+        (r"\frac{\pi}{6}", r"30^\circ", False),
+    ],
+)
+def test_trigonometric_functions_of_degrees(prediction, reference, expected):
+    assert grade(boxed(prediction), reference) is expected
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        (r"\sqrt{5+2\sqrt{6}}", r"\sqrt{2}+\sqrt{3}", True),
+        (r"\sqrt{5+2\sqrt{6}}", r"\sqrt{2}+\sqrt{5}", False),
+        (r"\sqrt{7-4\sqrt{3}}", r"\sqrt{3}-2", False),
+        (r"\sqrt[3]{2+\sqrt{5}} + \sqrt[3]{2-\sqrt{5}}", "1", True),
+        (r"\sqrt[3]{-27}", "-3", True),
+        (r"\frac{1}{\sqrt{2}+\sqrt{3}+\sqrt{5}}", r"\frac{2\sqrt{3}+3\sqrt{2}-\sqrt{30}}{12}", True),
+        (r"\frac{1}{\sqrt{2}+\sqrt{3}+\sqrt{5}}", r"\frac{2\sqrt{3}+3\sqrt{2}-\sqrt{30}}{13}", False),
+        (r"\frac{(10^{7})!}{(10^{7}-1)!}", "10^{7}", True),
+        # simplify() runs past the 2 s limit on these two, and cannot denest the third
+        (r"\frac{\sqrt{\sqrt{7}+\sqrt{47}}}{9+2\sqrt{14}}", r"\frac{\sqrt{\sqrt{47}+\sqrt{7}}}{2\sqrt{14}+9}", True),
+        (r"\frac{\sqrt{\sqrt{7}+\sqrt{47}}}{9+2\sqrt{14}}", r"\frac{\sqrt{\sqrt{47}+\sqrt{7}}}{2\sqrt{14}+8}", False),
+        (r"\sqrt[3]{20+14\sqrt{2}}+\sqrt[3]{20-14\sqrt{2}}", "4", True),
+    ],
+)
+def test_nested_radicals_and_big_constants_are_decided_numerically(prediction, reference, expected):
+    assert grade(boxed(prediction), reference) is expected
