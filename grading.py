@@ -60,7 +60,7 @@ from functools import lru_cache
 import grading_symbolic
 # normalize, numbers_equal, strip_string and to_number are re-exported for the tests and bench_grader.py.
 from grading_parse import normalize, numbers_equal, parse_structure, prepare, strip_string, to_number  # noqa: F401
-from reward import extract_boxed
+from reward import check_solutions, completion_text, extract_boxed, log_accuracy
 
 # Longer predictions are refused (after a string check): no correct boxed answer in the benchmarks is
 # close to this, and it bounds every regex and parse below.
@@ -355,3 +355,15 @@ def grade_many(
     verdict = dict(zip(unique, results))
     return [verdict[key] for key in keys]
 
+
+def make_robust_reward(correct: float = 1.0, incorrect: float = -1.0, timeout_s: float = 2.0):
+    """JustRL's "robust verifier" ablation: eval.py's symbolic grader (grading.grade: last box, normalised string,
+    numeric and sympy equivalence) instead of exact string matching; `correct` / `incorrect`; logs "accuracy"."""
+
+    def robust_reward(completions, solution=None, **kwargs):
+        solutions = check_solutions(solution, completions, "robust_reward")
+        verdicts = [grade(completion_text(c), str(s), timeout_s=timeout_s) for c, s in zip(completions, solutions)]
+        log_accuracy(kwargs, verdicts)
+        return [correct if ok else incorrect for ok in verdicts]
+
+    return robust_reward

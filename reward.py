@@ -4,9 +4,9 @@ What is here (facts: ../shared/reference/recipes.md, sections 2 and 4):
   dapo_verify, dapo_score    verl's math_dapo scorer: strict-box mode (JustRL) or "Answer:" mode (DAPO); +1 / -1
   extract_boxed              content of the last \\boxed{...}, brace matched (grading.py uses it too)
   make_dapo_reward           TRL reward built on dapo_verify; logs "accuracy" whatever the reward scale
-  make_robust_reward         eval.py's symbolic grader as a reward (JustRL's "robust verifier" ablation)
+  robust (grading.py)        eval.py's symbolic grader as a reward (JustRL's "robust verifier" ablation)
   make_overlong_penalty      DAPO's soft overlong penalty, in tokens (the JustRL ablation)
-  make_code_reward           AceReason's test-case reward for programs, run in sandbox.py (code_reward.py)
+  code (code_reward.py)      AceReason's test-case reward for programs, run in sandbox.py (code_reward.py)
   format_reward, make_accuracy_reward, make_cosine_reward    Open-RS, correctness by math-verify
   REWARDS, load_reward_funcs how a recipe names its rewards
 
@@ -160,7 +160,7 @@ def completion_text(completion) -> str:
     return _as_text(completion)
 
 
-def _check_solutions(solution, completions, reward_name: str) -> list:
+def check_solutions(solution, completions, reward_name: str) -> list:
     if solution is None:
         raise ValueError(f"reward '{reward_name}' needs the ground truth in a dataset column named 'solution'; "
                          "map your dataset's answer column onto 'solution'")
@@ -169,7 +169,7 @@ def _check_solutions(solution, completions, reward_name: str) -> list:
     return list(solution)
 
 
-def _log_accuracy(kwargs: dict, verdicts: list) -> None:
+def log_accuracy(kwargs: dict, verdicts: list) -> None:
     # TRL averages each named metric per logging step; two correctness rewards in one run share the series.
     log_metric = kwargs.get("log_metric")
     scored = [v for v in verdicts if v is not None]
@@ -261,35 +261,13 @@ def make_dapo_reward(correct: float = 1.0, incorrect: float = -1.0, strict_box: 
     name = "dapo_reward" if strict_box else "dapo_answer_reward"
 
     def dapo_reward(completions, solution=None, **kwargs):
-        solutions = _check_solutions(solution, completions, name)
+        solutions = check_solutions(solution, completions, name)
         verdicts = [dapo_verify(completion_text(c), s, strict_box)["acc"] for c, s in zip(completions, solutions)]
-        _log_accuracy(kwargs, verdicts)
+        log_accuracy(kwargs, verdicts)
         return [correct if ok else incorrect for ok in verdicts]
 
     dapo_reward.__name__ = dapo_reward.__qualname__ = name
     return dapo_reward
-
-
-def make_robust_reward(correct: float = 1.0, incorrect: float = -1.0, timeout_s: float = 2.0):
-    """JustRL's "robust verifier" ablation: eval.py's symbolic grader (grading.grade: last box, normalised string,
-    numeric and sympy equivalence) instead of exact string matching; `correct` / `incorrect`; logs "accuracy"."""
-    from grading import grade  # imported here: only this reward needs sympy and the grader's child processes
-
-    def robust_reward(completions, solution=None, **kwargs):
-        solutions = _check_solutions(solution, completions, "robust_reward")
-        verdicts = [grade(completion_text(c), str(s), timeout_s=timeout_s) for c, s in zip(completions, solutions)]
-        _log_accuracy(kwargs, verdicts)
-        return [correct if ok else incorrect for ok in verdicts]
-
-    return robust_reward
-
-
-def make_code_reward(mode: str = "all", timeout_s: float = 5.0, memory_mb: int = 1024, workers: int | None = None):
-    """AceReason's code reward: 1.0 iff the completion's last fenced program passes every test case ("fraction":
-    the share passed), run in sandbox.py; the row's test cases are its `solution` (see code_reward.py)."""
-    from code_reward import make_code_reward as make  # imported here: only code recipes need the sandbox
-
-    return make(mode=mode, timeout_s=timeout_s, memory_mb=memory_mb, workers=workers)
 
 
 def make_overlong_penalty(max_completion_length: int, buffer_length: int = 4096, penalty_factor: float = 1.0):
@@ -321,9 +299,9 @@ def make_accuracy_reward(timeout_s: float = 5.0):
         raise ValueError(f"accuracy reward: timeout_s must be > 0, got {timeout_s}")
 
     def accuracy_reward(completions, solution=None, **kwargs):
-        solutions = _check_solutions(solution, completions, "accuracy_reward")
+        solutions = check_solutions(solution, completions, "accuracy_reward")
         verdicts = [math_verify_correct(completion_text(c), s, timeout_s) for c, s in zip(completions, solutions)]
-        _log_accuracy(kwargs, verdicts)
+        log_accuracy(kwargs, verdicts)
         return [None if ok is None else float(ok) for ok in verdicts]
 
     return accuracy_reward
@@ -346,10 +324,10 @@ def make_cosine_reward(max_len: int = 3584, correct_short: float = 1.0, correct_
         raise ValueError(f"cosine reward: max_len ({max_len}) and timeout_s ({timeout_s}) must be > 0")
 
     def cosine_reward(completions, solution=None, **kwargs):
-        solutions = _check_solutions(solution, completions, "cosine_reward")
+        solutions = check_solutions(solution, completions, "cosine_reward")
         texts = [completion_text(c) for c in completions]
         verdicts = [math_verify_correct(text, s, timeout_s) for text, s in zip(texts, solutions)]
-        _log_accuracy(kwargs, verdicts)
+        log_accuracy(kwargs, verdicts)
         return [None if ok is None else cosine_scaled(len(text) / max_len, *(
             (correct_short, correct_long) if ok else (wrong_short, wrong_long))) for text, ok in zip(texts, verdicts)]
 
@@ -370,12 +348,12 @@ def make_format_reward():
 REWARDS = {
     "dapo": make_dapo_reward,
     "dapo_answer": make_dapo_answer_reward,
-    "robust": make_robust_reward,
+    "robust": "grading.make_robust_reward",  # by path: the grader imports this module, not the reverse
     "overlong": make_overlong_penalty,
     "format": make_format_reward,
     "accuracy": make_accuracy_reward,
     "cosine": make_cosine_reward,
-    "code": make_code_reward,
+    "code": "code_reward.make_code_reward",  # by path: only code recipes import the sandbox
 }
 
 
@@ -415,6 +393,7 @@ def load_reward_funcs(names: list[str], kwargs: dict[str, dict] | None = None) -
         arguments = dict(kwargs.get(name) or {})
         if name in REWARDS:
             target, is_factory = REWARDS[name], True
+            target = _import_callable(target) if isinstance(target, str) else target
         elif "." in name:
             target = _import_callable(name)
             is_factory = not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(target).parameters.values())
