@@ -39,8 +39,10 @@ CHAT_TEMPLATE = (
 # Sizes of the embedded default. The model is tiny on purpose: it learns two-digit addition with a flaw from the
 # warm start, and GRPO removes the flaw on a 2-core CPU within minutes.
 N_TRAIN, N_TEST = 4000, 200
-MODEL_SHAPE = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, max_position_embeddings=256)
+# Attention heads of 32 dimensions (64 / 2): vLLM's CPU attention refuses head_dim 16, and the same model then
+# generates through vLLM (colocate and server modes) as well as through transformers.
+MODEL_SHAPE = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=2,
+                   num_key_value_heads=1, max_position_embeddings=256)
 SFT_STEPS, SFT_BATCH, SFT_LR = 600, 32, 3e-3  # learning rate decays linearly to 0, so the warm start converges
 FORGET_CARRY = 0.6  # share of warm-start traces that drop a needed carry (the habit GRPO has to unlearn)
 
@@ -109,7 +111,7 @@ def _prompt_text(tokenizer, problem: str) -> str:
 def sft_warm_start(model, tokenizer, problems: list[dict], steps: int = SFT_STEPS, seed: int = 0) -> None:
     """Supervised warm start on worked solutions (loss on completion tokens only), FORGET_CARRY of the traces that
     need a carry without it. Converged, the model gets problems without a carry right and sometimes remembers the
-    carry when sampling (it rarely does greedily): ~65% greedy and ~50% sampled held-out accuracy.
+    carry when sampling (it rarely does greedily): ~70% greedy and ~45% sampled held-out accuracy.
 
     A plain loop: a seconds-long warm start of a 100k model needs no Trainer, logging or checkpoints."""
     rng = random.Random(seed)

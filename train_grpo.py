@@ -21,6 +21,9 @@ How this departs from TRL's stock GRPOTrainer, and why:
 Commands:
     # the embedded CPU demo (builds a tiny model and data once, ~4 min on 2 cores)
     accelerate launch --config_file accelerate_configs/cpu.yaml train_grpo.py --config recipes/tiny.yaml
+    # the same with vLLM generation on the CPU: colocated engines (server mode: cpu_vllm.py)
+    accelerate launch --config_file accelerate_configs/cpu.yaml train_grpo.py --config recipes/tiny.yaml \\
+        --use_vllm true --vllm_mode colocate
     # print the resolved configuration for a cluster of N training processes; loads nothing
     python train_grpo.py --config recipes/justrl.yaml --dry_run --world_size 32
     # JustRL on one 8-GPU node: vLLM server on 4 GPUs, 4 training processes (their number must divide 512)
@@ -37,8 +40,9 @@ import os
 import sys
 import time
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 from transformers import AutoTokenizer, get_scheduler
@@ -192,7 +196,8 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose loss is `policy_loss`, with paper-unit LR scheduling and per-phase timing."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+        with _vllm_generation_for_device(kwargs.get("args")):
+            super().__init__(*args, **kwargs)
         self._phase_time = {"generation": 0.0, "reward": 0.0, "update": 0.0}
 
     def _compute_loss(self, model, inputs):
@@ -288,6 +293,25 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
                 self._metrics["train"][f"time/{phase}_s"].append(seconds)
             self._phase_time = dict.fromkeys(self._phase_time, 0.0)
         return loss
+
+
+@contextmanager
+def _vllm_generation_for_device(args):
+    """On a CPU trainer, GRPOTrainer builds cpu_vllm.CPUVLLMGeneration instead of TRL's VLLMGeneration, whose weight
+    sync needs CUDA. TRL constructs it inline in GRPOTrainer.__init__, with no method to override, so the class it
+    names is swapped for that call only; on GPUs nothing changes."""
+    if not (args is not None and args.use_vllm and args.device.type == "cpu"):
+        yield
+        return
+    import trl.trainer.grpo_trainer as trl_grpo
+
+    from cpu_vllm import CPUVLLMGeneration
+    trl_class = trl_grpo.VLLMGeneration
+    trl_grpo.VLLMGeneration = partial(CPUVLLMGeneration, weights_dir=os.path.join(args.output_dir, "vllm_weights"))
+    try:
+        yield
+    finally:
+        trl_grpo.VLLMGeneration = trl_class
 
 
 
