@@ -39,8 +39,8 @@ CHAT_TEMPLATE = (
 # Sizes of the embedded default. The model is tiny on purpose: it learns two-digit addition with a flaw from the
 # warm start, and GRPO removes the flaw on a 2-core CPU within minutes.
 N_TRAIN, N_TEST = 4000, 200
-MODEL_SHAPE = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, max_position_embeddings=256)
+MODEL_SHAPE = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=2,
+                   num_key_value_heads=1, max_position_embeddings=256)
 SFT_STEPS, SFT_BATCH, SFT_LR = 600, 32, 3e-3  # learning rate decays linearly to 0, so the warm start converges
 FORGET_CARRY = 0.6  # share of warm-start traces that drop a needed carry (the habit GRPO has to unlearn)
 
