@@ -45,7 +45,7 @@ Use:
 
 Measure accuracy, false accepts and throughput against math-verify and a JustRL-like rule:
 
-    python bench_grader.py
+    python -m benchmarks.bench_grader
 """
 
 import multiprocessing
@@ -58,7 +58,7 @@ from fractions import Fraction
 from functools import lru_cache
 
 import grading_symbolic
-# normalize, numbers_equal, strip_string and to_number are re-exported for the tests and bench_grader.py.
+# normalize, numbers_equal, strip_string and to_number are re-exported for the tests and benchmarks/bench_grader.py.
 from grading_parse import normalize, numbers_equal, parse_structure, prepare, strip_string, to_number  # noqa: F401
 from reward import check_solutions, completion_text, extract_boxed, log_accuracy
 

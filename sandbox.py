@@ -30,7 +30,7 @@ SANDBOX_ALLOW_UNSAFE=1, "unsafe" (rlimits and a throwaway uid only, no namespace
 
     python -c "import sandbox; print(sandbox.execute('print(input()[::-1])', stdin='abc\\n'))"
     python -m pytest tests/test_sandbox.py -q
-    python bench_sandbox.py
+    python -m benchmarks.bench_sandbox
 """
 
 import json

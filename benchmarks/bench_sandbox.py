@@ -5,8 +5,8 @@ Measures, for a program that does nothing (`pass`):
 2. sequential: sandbox.execute one after another;
 3. parallel:   sandbox.execute from a thread pool of --workers threads (how code_reward runs tests).
 
-    python bench_sandbox.py                     # 40 programs per measurement, 2 workers
-    python bench_sandbox.py --n 100 --workers 4 --backend unshare
+    python -m benchmarks.bench_sandbox                     # 40 programs per measurement, 2 workers
+    python -m benchmarks.bench_sandbox --n 100 --workers 4 --backend unshare
 """
 
 import argparse

@@ -19,8 +19,8 @@ Graders compared:
 Throughput is measured on long responses: each labelled final part after ~3,000 characters of
 reasoning text, graded one by one with grade() and with grade_many(workers=N).
 
-    python bench_grader.py                 # table, throughput with 2 workers
-    python bench_grader.py --workers 8 --show_errors
+    python -m benchmarks.bench_grader                 # table, throughput with 2 workers
+    python -m benchmarks.bench_grader --workers 8 --show_errors
 """
 
 import argparse
@@ -35,7 +35,7 @@ from math_verify import parse, verify
 
 from grading import extract_answer, grade, grade_many, strip_string, unwrap_reference
 
-LABELLED = Path(__file__).parent / "tests" / "fixtures" / "grading" / "labelled.jsonl"
+LABELLED = Path(__file__).parent.parent / "tests" / "fixtures" / "grading" / "labelled.jsonl"
 REASONING = (
     "Let me set up the problem. Write $f(x) = ax^2 + bx + c$ and use the conditions $f(1) = 3$ and "
     "$f(-1) = 5$, so $b = -1$ and $a + c = 4$. Earlier I guessed $\\boxed{7}$ but that ignored the "

@@ -8,9 +8,9 @@ transformers: one padded `generate` call with num_return_sequences, as TRL's non
 (on CPU: float32, no chunked prefill). Reported per engine: seconds per step (mean over --steps after one warm-up
 step), generated tokens/s, and vLLM's engine start apart. Threads: torch's default (all cores) unless --threads.
 
-    python bench_generation.py --config recipes/real_cpu.yaml                # both engines, 2 steps each
-    python bench_generation.py --config recipes/real_cpu.yaml --engines transformers --steps 3
-    VLLM_CPU_KVCACHE_SPACE=2 python bench_generation.py --config recipes/real_cpu.yaml --engines vllm
+    python -m benchmarks.bench_generation --config recipes/real_cpu.yaml                # both engines, 2 steps each
+    python -m benchmarks.bench_generation --config recipes/real_cpu.yaml --engines transformers --steps 3
+    VLLM_CPU_KVCACHE_SPACE=2 python -m benchmarks.bench_generation --config recipes/real_cpu.yaml --engines vllm
 """
 
 import argparse
