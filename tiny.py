@@ -13,7 +13,7 @@ pipeline in minutes and show it learning. Built once and cached under `--tiny_di
     train.parquet       DAPO-Math-17k's schema (prompt as a chat list, reward_model.ground_truth)
     test.parquet        held-out problems with no overlap with train, same schema
 
-Commands (train_grpo.py calls `ensure_tiny_assets` itself when the recipe says `build_tiny: true`):
+Commands (train_grpo.py calls `ensure_tiny_assets` itself: recipes/tiny.yaml names it as `prepare_assets`):
 
     python tiny.py --tiny_dir .cache/tiny            # build (or reuse) everything, print held-out accuracy
     python tiny.py --tiny_dir .cache/tiny --rebuild  # build again from scratch

@@ -74,10 +74,8 @@ class ScriptArguments:
     # Held-out greedy accuracy before and after training, written to <output_dir>/summary.json
     heldout_file: str | None = None
     heldout_max_new_tokens: int = 64
-    # The embedded demo
-    build_tiny: bool = field(default=False, metadata={"help": "Build tiny.py's model and data first (cached)."})
-    tiny_dir: str = ".cache/tiny"
-    # Assets a recipe builds before anything loads, once, main process first (e.g. real_model.ensure_real_assets)
+    # Assets a recipe builds before anything loads, once, main process first (tiny.ensure_tiny_assets for the demo,
+    # real_model.ensure_real_assets); by path, so this script imports neither
     prepare_assets: str | None = field(default=None, metadata={"help": "module.function called with prepare_kwargs."})
     prepare_kwargs: dict | str | None = None
     # Run control
@@ -416,10 +414,6 @@ def main(argv=None):
         print(json.dumps(resolved_config(script_args, training_args, model_args, world), indent=2, default=str))
         return None
 
-    if script_args.build_tiny:
-        import tiny
-        with training_args.main_process_first(desc="tiny assets"):  # built once (~30 s), then read by the others
-            tiny.ensure_tiny_assets(script_args.tiny_dir)
     if prepare is not None:
         with training_args.main_process_first(desc="assets"):  # built (or fetched) once, then found by the others
             prepare(**(script_args.prepare_kwargs or {}))

@@ -475,7 +475,7 @@ def test_two_tiny_math_stages_chain_select_and_skip_on_rerun(tiny_assets, tmp_pa
     data = tmp_path / "train32.parquet"
     pd.read_parquet(tiny_assets["train"]).head(32).to_parquet(data)
     tiny_recipe = yaml.safe_load(open(os.path.join(ROOT, "recipes", "tiny.yaml")))
-    tiny_recipe.update(build_tiny=False, dataset_name=str(data), heldout_file=None, total_generation_steps=2,
+    tiny_recipe.update(prepare_assets=None, dataset_name=str(data), heldout_file=None, total_generation_steps=2,
                        prompts_per_step=4, per_device_train_batch_size=16, save_strategy="no", report_to=["none"])
     recipe = write_recipe(tmp_path / "tiny_stage.yaml", **tiny_recipe)
     chain = write_chain(tmp_path, [

@@ -193,7 +193,7 @@ OPENRS = {"learning_rate": 1e-6, "lr_scheduler_type": "cosine_with_min_lr", "lr_
      {"reward_funcs": ["format", "cosine"], "reward_kwargs": {"cosine": {"max_len": 3584}}, "max_prompt_length": 512},
      "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"),
     ("tiny.yaml", 2, {"gradient_accumulation_steps": 2, "steps_per_generation": 4, "use_cpu": True},
-     {"build_tiny": True}, ".cache/tiny/sft"),
+     {"prepare_assets": "tiny.ensure_tiny_assets", "prepare_kwargs": {"tiny_dir": ".cache/tiny"}}, ".cache/tiny/sft"),
 ])
 def test_dry_run_prints_the_resolved_recipe(recipe, world, fields, script, model):
     config = dry_run(recipe, world)
@@ -252,7 +252,8 @@ def test_explicit_trl_value_conflicting_with_paper_units_fails():
 # ---------------------------------------------------------------- training on the tiny model (CPU)
 
 def tiny_argv(assets, out, *extra):
-    return ["--config", os.path.join(RECIPES, "tiny.yaml"), "--build_tiny", "false", "--output_dir", str(out),
+    return ["--config", os.path.join(RECIPES, "tiny.yaml"), "--prepare_kwargs", json.dumps({"tiny_dir": os.path.dirname(assets["model"])}),
+            "--output_dir", str(out),
             "--model_name_or_path", assets["model"], "--dataset_name", assets["train"], "--report_to", "none",
             "--heldout_file", assets["test"], *extra]
 

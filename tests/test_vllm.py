@@ -29,7 +29,7 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
 
 
 def tiny_args(assets, out, *extra):
-    return ["--config", os.path.join(ROOT, "recipes", "tiny.yaml"), "--build_tiny", "false",
+    return ["--config", os.path.join(ROOT, "recipes", "tiny.yaml"), "--prepare_kwargs", json.dumps({"tiny_dir": os.path.dirname(assets["model"])}),
             "--model_name_or_path", assets["model"], "--dataset_name", assets["train"],
             "--heldout_file", assets["test"], "--output_dir", str(out), "--report_to", "none",
             "--save_strategy", "no", *extra]
