@@ -4,17 +4,23 @@ How this departs from TRL's stock GRPOTrainer, and why:
   1. The policy loss is `policy_loss()` below, one pure function: PPO ratio with asymmetric clipping
      (1 - epsilon, 1 + epsilon_high: JustRL's "clip higher") and veRL's dual clip for negative advantages, whose
      bound c is TRL's `delta` (TRL caps the ratio at delta before the min; for negative advantages that is the
-     same bound, for positive ones it never binds when delta > 1 + epsilon_high). Like veRL, the log-ratio is
-     clamped to [-20, 20]. Token mean over the mask, normalised by the global token count of the mini-batch
-     (TRL's "dapo" aggregation), so the vLLM importance-sampling correction and the KL term (beta > 0) keep
-     working exactly as in TRL.
+     same bound, for positive ones it never binds when delta > 1 + epsilon_high). The log-ratio is clamped to
+     [-20, 20] against overflow (JustRL's veRL 0.4 fork has no clamp; later veRL does). The vLLM importance-sampling
+     weight and the KL term (beta > 0) enter per token, as in TRL. Aggregation: a token mean over the tokens of
+     each optimizer update across all processes (TRL's "dapo" divides by the generation's average update instead,
+     which scales an update by 2-3% typically, 5-7% at p99: benchmarks/bench_normaliser.py), or with `seq_mean_loss` the mean
+     over the update's sequences of each sequence's token mean, KL included (TRL's GRPO loss when Open-RS ran).
   2. A recipe states the paper's batch: `prompts_per_step` x `num_generations` responses per generation step, then
      `optimizer_updates_per_step` updates. TRL's per-device batch, gradient accumulation and steps_per_generation
      are derived from the world size at launch (`derive_batch`); an impossible cluster shape fails at start-up.
   3. Step units: TRL counts optimizer updates; veRL (JustRL) counts generation steps and steps its LR scheduler
      once per generation step. `*_generation_steps` fields take paper units and are converted; with
      `scheduler_per_generation: true` the learning rate is constant within a generation step, as in veRL.
-  4. Logged besides TRL's metrics: accuracy (reward.py), fractions of tokens clipped low / high / by the dual clip,
+  4. Optimizer as veRL runs it: `weight_decay_all_params: true` (JustRL recipes) decays biases and norm weights
+     too; updates land in fp32 master weights whatever the launch (`precision_plan`: DeepSpeed's fp32 copy under
+     ZeRO, else the model is loaded in fp32 and computes under bf16 autocast); an update whose gradient norm is
+     NaN/inf is skipped, optimizer and LR scheduler untouched (counted as `nonfinite_grad_updates_skipped`).
+  5. Logged besides TRL's metrics: accuracy (reward.py), fractions of tokens clipped low / high / by the dual clip,
      time per phase (generation, reward, update), and the dataset rows of every generation step
      (`<output_dir>/data_order/`), which shows that a resumed run neither skips nor repeats a prompt.
 
@@ -51,6 +57,7 @@ from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
 
 from data import JUSTRL_SUFFIX, load_prompts
 
+NONFINITE_KEY = "nonfinite_grad_updates_skipped"  # logged: updates skipped for a NaN/inf gradient norm
 
 
 @dataclass
@@ -95,6 +102,8 @@ class JustRLConfig(GRPOConfig):
     save_generation_steps: int | None = field(default=None, metadata={"help": "Sets save_steps (x updates)."})
     scheduler_per_generation: bool = field(default=False, metadata={"help": "veRL: LR steps once per generation."})
     seq_mean_loss: bool = field(default=False, metadata={"help": "Original GRPO: mean of per-sequence means."})
+    weight_decay_all_params: bool = field(default=False, metadata={
+        "help": "veRL: decay every parameter. false: transformers' Trainer exempts biases and norm weights."})
 
     def __post_init__(self):
         updates = self.optimizer_updates_per_step
@@ -119,7 +128,15 @@ class JustRLConfig(GRPOConfig):
         for key, (value, needed) in unsupported.items():
             if value != needed:
                 raise ValueError(f"{key}={value!r} is not supported by train_grpo.py's policy_loss; set it to {needed!r}.")
+        if self.beta != 0.0 and self.use_bias_correction_kl:
+            raise ValueError("use_bias_correction_kl=True (TRL's default) is not implemented by train_grpo.py's "
+                             "policy_loss, which adds the plain per-token KL as TRL did when Open-RS ran; set "
+                             "use_bias_correction_kl: false.")
         super().__post_init__()
+        if self.steps_per_generation % self.gradient_accumulation_steps:
+            raise ValueError(f"steps_per_generation={self.steps_per_generation} is not a multiple of "
+                             f"gradient_accumulation_steps={self.gradient_accumulation_steps}: an optimizer update "
+                             "would span two generations. Make it a multiple, or state the batch with prompts_per_step.")
 
 
 def _set_derived(args, key: str, value, default) -> None:
@@ -135,9 +152,12 @@ def derive_batch(prompts_per_step: int, rollouts_per_prompt: int, optimizer_upda
                  world_size: int, per_device_train_batch_size: int) -> dict:
     """TRL's batch settings that realise the paper's generation step on `world_size` training processes.
 
-    One generation step = prompts_per_step x rollouts_per_prompt responses, split into optimizer_updates_per_step
-    mini-batches of whole prompts; each mini-batch is spread over the processes in micro-batches of
-    per_device_train_batch_size responses, accumulated into one update."""
+    One generation step = prompts_per_step x rollouts_per_prompt responses, then optimizer_updates_per_step updates
+    of responses_per_update responses each (veRL's ppo_mini_batch_size counts prompts: 64 prompts' worth of
+    responses in JustRL). Which responses go together: each process generates its share of the step (advantages are
+    computed per prompt group over all processes), then TRL shuffles that share and cuts it into steps_per_generation
+    micro-batches of per_device_train_batch_size; an update is gradient_accumulation_steps consecutive
+    micro-batches on every process, so a random subset of the responses, not whole prompts."""
     responses = prompts_per_step * rollouts_per_prompt
     if prompts_per_step % optimizer_updates_per_step:
         raise ValueError(f"prompts_per_step={prompts_per_step} does not split into optimizer_updates_per_step="
@@ -166,20 +186,29 @@ def derive_batch(prompts_per_step: int, rollouts_per_prompt: int, optimizer_upda
 
 
 def policy_loss(logps, old_logps, advantages, mask, clip_low=0.2, clip_high=0.28, clip_c=10.0, *,
-                num_tokens=None, token_weights=None, seq_mean=False):
-    """PPO-clip policy loss with asymmetric clipping and dual clip; returns (loss, clip fractions).
+                num_tokens=None, token_weights=None, seq_mean=False, ref_logps=None, beta=0.0):
+    """PPO-clip policy loss with asymmetric clipping and dual clip, plus an optional KL penalty; returns (loss, stats).
 
-    logps, old_logps, mask, token_weights: (B, T); advantages: (B,) or (B, T). clip_c=None disables the dual clip.
-    Per token: l = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)), and for A < 0 also l = min(l, -A c).
+    logps, old_logps, ref_logps, mask, token_weights: (B, T); advantages: (B,) or (B, T). clip_c=None disables the
+    dual clip. Per token: l = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)), and for A < 0 also
+    l = min(l, -A c); token_weights (e.g. TRL's vLLM importance-sampling ratio) scale l; with beta > 0,
+    l += beta * KL, KL = exp(ref - logp) - (ref - logp) - 1 (TRL's k3 estimator against the reference model).
     Aggregation: sum(l * mask) / num_tokens (default: mask.sum(), the token mean); seq_mean=True averages each
-    sequence's token mean instead. token_weights (e.g. TRL's vLLM importance-sampling ratio) scale l per token."""
+    sequence's token mean instead (TRL's GRPO loss of early 2025, KL inside each sequence's mean).
+    stats: {name: (numerator, denominator)} for the fractions clipped low / high / by the dual clip and the mean KL."""
     adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
+    # The log-ratio is clamped to [-20, 20] so that exp() cannot overflow (an inf ratio makes the gradient NaN even
+    # where a clip bound removes it). JustRL's veRL 0.4 fork has no clamp (later veRL versions added this one). With
+    # the dual clip on, the clamp changes nothing else; without it, it caps a negative-advantage token at r = e^20.
     ratio = torch.exp(torch.clamp(logps - old_logps, -20.0, 20.0))
     per_token = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_low, 1 + clip_high))
     if clip_c is not None:
         per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * clip_c), per_token)
     if token_weights is not None:
         per_token = per_token * token_weights
+    if beta != 0.0:
+        kl = torch.exp(ref_logps - logps) - (ref_logps - logps) - 1
+        per_token = per_token + beta * kl
     mask = mask.to(per_token.dtype)
     if seq_mean:
         loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
@@ -189,8 +218,38 @@ def policy_loss(logps, old_logps, advantages, mask, clip_low=0.2, clip_high=0.28
         clipped = {"clip_ratio/low": (adv < 0) & (ratio < 1 - clip_low),
                    "clip_ratio/high": (adv > 0) & (ratio > 1 + clip_high),
                    "clip_ratio/dual": (adv < 0) & (ratio > clip_c) if clip_c is not None else torch.zeros_like(mask).bool()}
-        fractions = {k: ((v.to(mask.dtype) * mask).sum(), mask.sum()) for k, v in clipped.items()}
-    return loss, fractions
+        stats = {k: ((v.to(mask.dtype) * mask).sum(), mask.sum()) for k, v in clipped.items()}
+        if beta != 0.0:
+            stats["kl"] = ((kl * mask).sum(), mask.sum())
+    return loss, stats
+
+
+def precision_plan(dtype: str, bf16: bool, fp16: bool = False, zero_stage: int | None = None) -> dict:
+    """Where a run keeps its fp32 master weights, and the dtype to load the policy in, for one launch mode.
+
+    dtype: the recipe's (a checkpoint's "auto" resolved first); bf16/fp16: the recipe's autocast flags; zero_stage:
+    the ZeRO stage of a DeepSpeed launch, None without DeepSpeed (one process, DDP, FSDP). veRL keeps the actor in
+    fp32 and computes in bf16. DeepSpeed with bf16 keeps an fp32 master copy in its optimizer at every ZeRO stage,
+    so a bf16 checkpoint loads as it is. Without DeepSpeed, AdamW would update bf16 weights in place, and an update
+    below half their spacing (2^-8 relative: most updates at lr 1e-6) rounds away; the model is loaded in float32
+    and computes under autocast instead. A half-precision model with no fp32 copy anywhere is refused."""
+    autocast = "bf16" if bf16 else "fp16" if fp16 else None
+    half = dtype in ("bfloat16", "float16")
+    if zero_stage is not None:
+        if autocast:
+            return {"load_dtype": dtype, "compute": f"{autocast} (DeepSpeed casts the model)",
+                    "master_weights": f"fp32 copy in DeepSpeed's ZeRO-{zero_stage} optimizer"}
+        if not half:
+            return {"load_dtype": dtype, "compute": "fp32", "master_weights": "the model's fp32 weights"}
+    elif autocast:
+        return {"load_dtype": "float32", "compute": f"{autocast} autocast",
+                "master_weights": "the model's weights, loaded in float32" + (f" (not {dtype})" if half else "")}
+    elif not half:
+        return {"load_dtype": dtype, "compute": "fp32", "master_weights": "the model's fp32 weights"}
+    raise ValueError(f"dtype: {dtype} with bf16: false keeps no fp32 copy of the weights: AdamW would update {dtype} "
+                     "weights directly and most small updates would round away. Set bf16: true (the model then "
+                     "trains from fp32 weights under bf16 autocast, or from DeepSpeed's fp32 master copy under "
+                     "accelerate_configs/zero2.yaml or zero3.yaml), or dtype: float32.")
 
 
 class ClipHigherGRPOTrainer(GRPOTrainer):
@@ -200,6 +259,45 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
         with _vllm_generation_for_device(kwargs.get("args")):
             super().__init__(*args, **kwargs)
         self._phase_time = {"generation": 0.0, "reward": 0.0, "update": 0.0}
+        self._nonfinite_skipped = None  # updates skipped for a non-finite gradient norm, counted from the run's start
+
+    def get_decay_parameter_names(self, model):
+        if self.args.weight_decay_all_params:  # veRL hands every actor parameter to AdamW with one weight decay
+            return [name for name, _ in model.named_parameters()]
+        return super().get_decay_parameter_names(model)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The Trainer calls this once per update, after clipping and right before optimizer.step(). A non-finite
+        norm skips the update, as veRL does: gradients dropped, optimizer state and LR scheduler untouched.
+
+        The norm is global (computed after the gradient all-reduce), so every process takes the same decision.
+        DeepSpeed's engine has already stepped inside backward(): with bf16 (check_grad_overflow, on by default) or
+        fp32 and any ZeRO stage it skips such an update itself (its "overflow") and leaves the scheduler alone, so
+        here it is only counted."""
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        norm = None if grad_norm is None else float(grad_norm)  # None: DeepSpeed ZeRO-1/2 without a norm
+        nonfinite = norm is not None and not math.isfinite(norm)
+        if self.is_deepspeed_enabled:
+            skipped = self.accelerator.optimizer_step_was_skipped or nonfinite
+        else:
+            skipped = nonfinite
+            if skipped:
+                # No gradient at all: torch optimizers skip parameters whose .grad is None, so AdamW neither moves
+                # the weights (not even by weight decay) nor advances its moments and step count.
+                self.optimizer.zero_grad(set_to_none=True)
+            # accelerate's skipped-step flag (its fp16 GradScaler sets it): the Trainer then leaves the LR scheduler
+            self.optimizer._is_overflow = skipped
+        if skipped:
+            self._nonfinite_skipped = self._skipped_so_far() + 1
+            if self.accelerator.is_main_process:
+                print(f"[skip] update {self.state.global_step + 1}: gradient norm {norm} is not finite; "
+                      "the update is skipped", flush=True)
+        return grad_norm
+
+    def _skipped_so_far(self) -> int:
+        if self._nonfinite_skipped is None:  # a resumed run continues the count it logged
+            self._nonfinite_skipped = max((e.get(NONFINITE_KEY, 0) for e in self.state.log_history), default=0)
+        return self._nonfinite_skipped
 
     def _compute_loss(self, model, inputs):
         completion_ids, mask = inputs["completion_ids"], inputs["completion_mask"]
@@ -210,29 +308,46 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
         old_logps = inputs.get("old_per_token_logps")
         old_logps = logps.detach() if old_logps is None else old_logps
         training = self.model.training
-        # TRL's "dapo" normaliser: this process's share of the tokens in one optimizer update.
-        num_tokens = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
-        if training:
-            num_tokens = num_tokens * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+        # Token mean over one optimizer update: each process divides by its share of the update's global token count
+        # (gradients are averaged over processes and summed over the accumulated micro-batches). In eval the batch
+        # is neither split nor accumulated: TRL's count of the eval batch is that update.
+        num_tokens = inputs["update_num_tokens"] if training else inputs["num_items_in_batch"]
+        num_tokens = num_tokens.clamp(min=1.0) / self.accelerator.num_processes
         is_weights = inputs.get("importance_sampling_ratio") if self.use_vllm and self.vllm_importance_sampling_correction else None
-        loss, clip_counts = policy_loss(logps, old_logps, inputs["advantages"], mask, self.epsilon_low,
-                                        self.epsilon_high, self.args.delta, num_tokens=num_tokens,
-                                        token_weights=is_weights, seq_mean=self.args.seq_mean_loss)
-        if self.args.seq_mean_loss and training:
+        loss, stats = policy_loss(logps, old_logps, inputs["advantages"], mask, self.epsilon_low, self.epsilon_high,
+                                  self.args.delta, num_tokens=num_tokens, token_weights=is_weights,
+                                  seq_mean=self.args.seq_mean_loss, ref_logps=inputs.get("ref_per_token_logps"),
+                                  beta=self.beta)
+        if self.args.seq_mean_loss and training:  # mean over the update's sequences (equal micro-batches)
             loss = loss / self.current_gradient_accumulation_steps
         mode = "train" if training else "eval"
-        stats = dict(clip_counts, entropy=((entropies * mask).sum(), mask.sum()))
-        if self.beta != 0.0:
-            ref = inputs["ref_per_token_logps"]
-            kl = torch.exp(ref - logps) - (ref - logps) - 1
-            loss = loss + self.beta * (kl * mask).sum() / (mask.sum() if self.args.seq_mean_loss else num_tokens)
-            stats["kl"] = ((kl.detach() * mask).sum(), mask.sum())
+        stats["entropy"] = ((entropies * mask).sum(), mask.sum())
         # Global token means across processes, all metrics in one all-reduce (this runs every micro-batch).
         sums = torch.stack([torch.stack([t.detach().float(), c.float()]) for t, c in stats.values()])
         sums = self.accelerator.reduce(sums, reduction="sum")
         for name, (total, count) in zip(stats, sums.tolist()):
             self._metrics[mode][name].append(total / max(count, 1.0))
         return loss
+
+    def _prepare_inputs(self, generation_batch):
+        buffered = self._buffered_inputs
+        inputs = super()._prepare_inputs(generation_batch)
+        if self.model.training and self._buffered_inputs is not buffered:  # a new generation, just split
+            self._count_update_tokens(self._buffered_inputs)
+        return inputs
+
+    def _count_update_tokens(self, micro_batches):
+        """Give every micro-batch the global token count of the optimizer update it belongs to.
+
+        TRL shuffles the generation batch and splits it into steps_per_generation micro-batches; micro-batch i goes
+        into update i // gradient_accumulation_steps on every process. TRL's "dapo" normaliser divides all of them by
+        the generation's average update (num_items_in_batch / updates), which scales each update by its token
+        count over the average's (benchmarks/bench_normaliser.py). One all-reduce per generation; reused for num_iterations."""
+        counts = torch.stack([mb["completion_mask"].sum() for mb in micro_batches]).float()
+        counts = self.accelerator.reduce(counts, reduction="sum")
+        per_update = counts.view(-1, self.args.gradient_accumulation_steps).sum(-1)
+        for i, mb in enumerate(micro_batches):
+            mb["update_num_tokens"] = per_update[i // self.args.gradient_accumulation_steps]
 
     def create_scheduler(self, num_training_steps, optimizer=None):
         if not self.args.scheduler_per_generation or self.lr_scheduler is not None:
@@ -252,6 +367,8 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
         return self.lr_scheduler
 
     def log(self, logs, start_time=None):
+        if self.model.training:
+            logs[NONFINITE_KEY] = self._skipped_so_far()
         super().log(logs, start_time)
         if not (self.log_completions and self.accelerator.is_main_process and self._logs["completion"]):
             return
@@ -386,6 +503,21 @@ def resolved_config(script_args, training_args, model_args, world_size: int) -> 
     else:
         derived["generation_batch_size"] = training_args.per_device_train_batch_size * world_size * training_args.steps_per_generation
         config["generation_batch_size"] = derived["generation_batch_size"]
+    derived["loss_normaliser"] = ("mean over the update's sequences of each sequence's token mean" if training_args.seq_mean_loss
+                                  else "token mean over each optimizer update's tokens, all processes")
+    derived["weight_decay"] = {"value": training_args.weight_decay, "decayed_parameters": (
+        "every parameter (veRL)" if training_args.weight_decay_all_params
+        else "all but biases and norm weights (transformers' Trainer)")}
+    derived["precision"] = {}
+    for mode, stage in (("no DeepSpeed: one process, ddp.yaml, cpu.yaml", None), ("zero2.yaml", 2), ("zero3.yaml", 3)):
+        if model_args.dtype in ("auto", None):
+            derived["precision"][mode] = "decided at launch from the checkpoint's dtype"
+            continue
+        try:
+            derived["precision"][mode] = precision_plan(model_args.dtype, training_args.bf16, training_args.fp16, stage)
+        except ValueError as e:
+            derived["precision"][mode] = f"refused: {e}"
+    derived["nonfinite_grad_norm"] = f"update skipped, optimizer and LR scheduler untouched; logged as {NONFINITE_KEY}"
     return {"training_args": config, "script_args": asdict(script_args), "model_args": asdict(model_args),
             "derived": derived}
 
@@ -417,6 +549,15 @@ def main(argv=None):
     if prepare is not None:
         with training_args.main_process_first(desc="assets"):  # built (or fetched) once, then found by the others
             prepare(**(script_args.prepare_kwargs or {}))
+    dtype = model_args.dtype
+    if dtype in ("auto", None):  # the checkpoint's own dtype decides whether an fp32 copy is needed
+        from transformers import AutoConfig
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+        dtype = str(getattr(config, "dtype", None) or torch.float32).removeprefix("torch.")
+    plugin = training_args.deepspeed_plugin
+    zero_stage = None if plugin is None else plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)
+    plan = precision_plan(dtype, training_args.bf16, training_args.fp16, zero_stage)
+    print(f"[precision] {json.dumps(plan)}", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -425,8 +566,7 @@ def main(argv=None):
         heldout = load_prompts(script_args, tokenizer, path=script_args.heldout_file)[0] if script_args.heldout_file else None
     print(f"[data] {json.dumps(counts)}", flush=True)
 
-    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
-    training_args.model_init_kwargs = {"revision": model_args.model_revision, "dtype": dtype,
+    training_args.model_init_kwargs = {"revision": model_args.model_revision, "dtype": getattr(torch, plan["load_dtype"]),
                                        "attn_implementation": model_args.attn_implementation}
     trainer = ClipHigherGRPOTrainer(model=model_args.model_name_or_path, reward_funcs=reward_funcs,
                                     args=training_args, train_dataset=train_ds, processing_class=tokenizer)

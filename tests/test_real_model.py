@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+import data
 import eval as ev
 import real_model
 import train_grpo as tg
@@ -57,7 +58,7 @@ def test_eos_is_the_turn_end_of_the_chat_template_and_pad_is_apart(tokenizer, mo
 
 
 def test_chat_template_renders_the_justrl_prompt_with_the_recipes_system_prompt(tokenizer):
-    text = tokenizer.apply_chat_template(tg.build_prompt("What is 2 + 3?", system_prompt="Be brief."),
+    text = tokenizer.apply_chat_template(data.build_prompt("What is 2 + 3?", system_prompt="Be brief."),
                                          tokenize=False, add_generation_prompt=True)
     assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2 + 3?\n\nPlease reason step "
                     "by step, and put your final answer within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
@@ -78,7 +79,7 @@ def test_converted_logits_equal_the_gguf_models(real_assets, tokenizer, model):
 
 
 def test_greedy_generation_stops_at_eos_after_a_boxed_answer(tokenizer, model):
-    text = tokenizer.apply_chat_template(tg.build_prompt("What is 4 + 4?", system_prompt=SYSTEM_PROMPT),
+    text = tokenizer.apply_chat_template(data.build_prompt("What is 4 + 4?", system_prompt=SYSTEM_PROMPT),
                                          tokenize=False, add_generation_prompt=True)
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():

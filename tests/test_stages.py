@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+import data
 import stages
 import train_grpo as tg
 
@@ -181,7 +182,7 @@ def test_selected_rows_load_back_through_train_grpo_with_the_same_recipe(tmp_pat
     out = str(tmp_path / "hard.parquet")
     stages.select(tokenizer_dir, recipe, 16, 0.875, out, sampler=stand_in_sampler(MATH_COMPLETIONS, []))
     script, _ = stages.read_recipe(recipe, ["--dataset_name", out])
-    prompts, counts = tg.load_prompts(script, AutoTokenizer.from_pretrained(tokenizer_dir))
+    prompts, counts = data.load_prompts(script, AutoTokenizer.from_pretrained(tokenizer_dir))
     assert [p[-1]["content"] for p in prompts["prompt"]] == [
         "What is 2 + 2?" + SUFFIX, "What is 9 + 9?" + SUFFIX, "What is 12 + 30?" + SUFFIX]
     assert prompts["solution"] == ["4", "18", "42"]

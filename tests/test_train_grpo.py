@@ -1,6 +1,7 @@
 """train_grpo.py: the policy loss, batch arithmetic, recipes and real CPU training runs (data.py: tests/test_data.py)."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -19,7 +20,8 @@ RECIPES = os.path.join(ROOT, "recipes")
 # ---------------------------------------------------------------- policy loss
 
 def verl_policy_loss(old_log_prob, log_prob, advantages, response_mask, clip_low, clip_high, clip_ratio_c):
-    """veRL's vanilla PPO policy loss with dual clip and token-mean aggregation, written out as veRL states it."""
+    """veRL's vanilla PPO policy loss with dual clip and token-mean aggregation, written out as veRL states it (with
+    the [-20, 20] log-ratio clamp of later veRL versions; JustRL's veRL 0.4 fork has none, the same at these ratios)."""
     negative_approx_kl = torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0)
     ratio = torch.exp(negative_approx_kl)
     pg_losses1 = -advantages * ratio
@@ -118,6 +120,231 @@ def test_seq_mean_averages_sequence_means_instead_of_tokens():
     assert seq_mean.item() == pytest.approx((-1 + 1) / 2)
 
 
+def test_kl_penalty_is_added_per_token_inside_each_sequence_mean():
+    logps = torch.zeros(2, 3)  # ratio 1: policy term -A per token
+    ref = torch.tensor([[math.log(2.0), 0.0, 0.0], [0.0, 0.0, 0.0]])  # KL = 2 - ln 2 - 1 on one token, 0 elsewhere
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    loss, stats = tg.policy_loss(logps, logps, torch.tensor([1.0, -1.0]), mask, seq_mean=True, ref_logps=ref, beta=0.5)
+    kl = 1 - math.log(2.0)
+    assert loss.item() == pytest.approx(((-3 + 0.5 * kl) / 3 + 1.0) / 2)
+    assert (stats["kl"][0] / stats["kl"][1]).item() == pytest.approx(kl / 4)
+
+
+# ---------------------------------------------------------------- the trainer's loss, normaliser, decay (tiny model)
+
+def tiny_trainer(tokenizer, tmp_path, **config):
+    """A ClipHigherGRPOTrainer on a fresh tiny model (saved to disk: TRL loads the KL reference model from a path)."""
+    import tiny
+    from datasets import Dataset
+
+    path = str(tmp_path / "model")
+    tiny.build_model(tokenizer).save_pretrained(path)
+    config = {"num_generations": 2, "per_device_train_batch_size": 2, "max_completion_length": 4,
+              "epsilon_high": 0.28, "bf16": False, **config}
+    args = tg.JustRLConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", **config)
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": "What is 1 + 1?"}]}] * 8)
+    return tg.ClipHigherGRPOTrainer(model=path, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+                                    args=args, train_dataset=data, processing_class=tokenizer)
+
+
+def literal_batch(n=8):
+    """n responses of 4 completion tokens after a 3-token prompt, unequal lengths, mixed advantages."""
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([4, 1, 3, 2, 4, 2, 1, 3][:n])
+    return {"prompt_ids": torch.randint(3, 200, (n, 3), generator=g), "prompt_mask": torch.ones(n, 3, dtype=torch.long),
+            "completion_ids": torch.randint(3, 200, (n, 4), generator=g),
+            "completion_mask": (torch.arange(4) < lengths[:, None]).long(),
+            "advantages": torch.tensor([1.0, -0.5, 0.25, -1.0, 0.5, -0.25, 1.5, -1.5][:n]),
+            "ref_per_token_logps": -6.0 + torch.rand(n, 4, generator=g)}
+
+
+def micro_batches(batch, size, **extra):
+    return [{**{k: v[i:i + size] for k, v in batch.items()}, **extra} for i in range(0, len(batch["advantages"]), size)]
+
+
+def completion_logps(trainer, batch):
+    """Per-token log-probabilities of the completions under the trainer's model (TRL's own routine)."""
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    return trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, 4)[0]
+
+
+def same_gradients(got, want, rel=1e-5):
+    """Equal up to float rounding: per tensor, max |difference| <= rel x max |value|."""
+    return all((a - b).abs().max() <= rel * b.abs().max() for a, b in zip(got, want, strict=True))
+
+
+def test_openrs_loss_is_the_mean_over_sequences_of_policy_plus_kl_at_any_accumulation(tokenizer, tmp_path):
+    """Open-RS (seq_mean_loss, beta 0.04), 8 responses as 4 accumulated micro-batches of 2: the update's loss and
+    gradient are TRL's GRPO loss of early 2025 over all 8, mean_seq(mean_tok(-A r + beta KL))."""
+    trainer = tiny_trainer(tokenizer, tmp_path, beta=0.04, seq_mean_loss=True, epsilon_high=0.2, delta=None,
+                           use_bias_correction_kl=False, gradient_accumulation_steps=4)
+    batch, params = literal_batch(), list(trainer.model.parameters())
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 4
+    total = sum(trainer._compute_loss(trainer.model, mb) for mb in
+                micro_batches(batch, 2, num_items_in_batch=torch.tensor(20.0), update_num_tokens=torch.tensor(20.0)))
+    got = torch.autograd.grad(total, params)
+
+    logps, ref, mask = completion_logps(trainer, batch), batch["ref_per_token_logps"], batch["completion_mask"]
+    kl = torch.exp(ref - logps) - (ref - logps) - 1
+    per_token = -torch.exp(logps - logps.detach()) * batch["advantages"][:, None] + 0.04 * kl
+    expected = ((per_token * mask).sum(1) / mask.sum(1)).mean()
+    want = torch.autograd.grad(expected, params)
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert same_gradients(got, want)
+
+
+def test_each_micro_batch_carries_the_token_count_of_its_optimizer_update(tokenizer, tmp_path):
+    """Two updates of two micro-batches each: micro-batches 0, 1 -> update 0; 2, 3 -> update 1."""
+    trainer = tiny_trainer(tokenizer, tmp_path, gradient_accumulation_steps=2, steps_per_generation=4)
+    masks = [torch.tensor([[1, 1, 0], [1, 0, 0]]), torch.tensor([[1, 1, 1], [1, 1, 1]]),
+             torch.tensor([[1, 0, 0], [0, 0, 0]]), torch.tensor([[1, 1, 0], [1, 1, 1]])]
+    batches = [{"completion_mask": m} for m in masks]
+    trainer._count_update_tokens(batches)
+    assert [b["update_num_tokens"].item() for b in batches] == [9.0, 9.0, 6.0, 6.0]
+
+
+def test_update_token_counts_take_one_all_reduce_per_generation_and_hold_over_its_iterations(tokenizer, tmp_path):
+    """num_iterations 2: each generation's 4 micro-batches are used twice; every micro-batch carries its update's
+    count (the sum over the update's 2 micro-batches), counted once per generation."""
+    trainer = tiny_trainer(tokenizer, tmp_path, gradient_accumulation_steps=2, steps_per_generation=4, num_iterations=2)
+    batch = literal_batch(8)  # 2 responses per micro-batch x 4
+    generations, reduces = [], []
+    trainer._generate_and_score_completions = lambda inputs: generations.append(1) or dict(batch)
+    reduce = trainer.accelerator.reduce
+    trainer.accelerator.reduce = lambda tensor, **kw: reduces.append(1) or reduce(tensor, **kw)
+    trainer.model.train()
+    seen = []
+    for step in range(16):  # 2 generations x 2 iterations x 4 micro-batches
+        trainer._step = step
+        inputs = trainer._prepare_inputs(None)
+        seen.append((inputs["completion_mask"].sum().item(), inputs["update_num_tokens"].item()))
+    assert len(generations) == len(reduces) == 2
+    assert all(a[1] == b[1] == a[0] + b[0] for a, b in zip(seen[::2], seen[1::2]))
+    assert seen[:4] == seen[4:8] and seen[8:12] == seen[12:16]  # the second iteration reuses the first's split
+    assert sum(t for t, _ in seen[:4]) == sum(t for t, _ in seen[8:12]) == 20  # all 8 responses, 4+1+3+2+4+2+1+3
+
+
+def test_update_loss_is_the_token_mean_over_the_update_not_over_the_average_update(tokenizer, tmp_path):
+    """A generation of two updates of 2 micro-batches, 10 and 16 tokens: the first update's gradient is that of
+    sum(l) / 10 (TRL's "dapo" normaliser divides by the average update's 13)."""
+    trainer = tiny_trainer(tokenizer, tmp_path, gradient_accumulation_steps=2, steps_per_generation=4)
+    batch, params = literal_batch(4), list(trainer.model.parameters())
+    later = dict(literal_batch(4), completion_mask=torch.ones(4, 4, dtype=torch.long))
+    parts = micro_batches(batch, 2, num_items_in_batch=torch.tensor(26.0))
+    trainer._count_update_tokens(parts + micro_batches(later, 2))
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 2
+    got = torch.autograd.grad(sum(trainer._compute_loss(trainer.model, mb) for mb in parts), params)
+    logps, mask = completion_logps(trainer, batch), batch["completion_mask"]
+    per_token = -torch.exp(logps - logps.detach()) * batch["advantages"][:, None]
+    want = torch.autograd.grad((per_token * mask).sum() / 10.0, params)
+    assert same_gradients(got, want)
+
+
+def test_eval_loss_is_the_token_mean_of_the_eval_batch(tokenizer, tmp_path):
+    trainer = tiny_trainer(tokenizer, tmp_path)
+    batch = literal_batch(4)
+    trainer.model.eval()
+    mask = batch["completion_mask"]
+    with torch.no_grad():
+        loss = trainer._compute_loss(trainer.model, dict(batch, num_items_in_batch=mask.sum()))
+    assert loss.item() == pytest.approx((-batch["advantages"][:, None] * mask).sum().item() / mask.sum().item())
+
+
+def decay_groups(trainer):
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    groups = trainer.create_optimizer().param_groups
+    return {g["weight_decay"]: sorted(names[id(p)] for p in g["params"]) for g in groups}
+
+
+def test_weight_decay_all_params_decays_biases_and_norm_weights_too(tokenizer, tmp_path):
+    trainer = tiny_trainer(tokenizer, tmp_path, weight_decay=0.1, weight_decay_all_params=True)
+    groups = decay_groups(trainer)
+    assert groups[0.1] == sorted(n for n, _ in trainer.model.named_parameters()) and groups[0.0] == []
+    assert "model.layers.0.self_attn.q_proj.bias" in groups[0.1] and "model.norm.weight" in groups[0.1]
+
+
+def test_default_weight_decay_exempts_biases_and_norm_weights_as_the_trainer_does(tokenizer, tmp_path):
+    trainer = tiny_trainer(tokenizer, tmp_path, weight_decay=0.1)
+    exempt = decay_groups(trainer)[0.0]
+    assert exempt == sorted(n for n, _ in trainer.model.named_parameters() if n.endswith("bias") or "norm" in n)
+    assert "model.norm.weight" in exempt and "model.layers.1.mlp.up_proj.weight" not in exempt
+
+
+@pytest.mark.parametrize("recipe, decay_all", [("justrl.yaml", True), ("justrl_nemotron.yaml", True),
+                                               ("justrl_overlong.yaml", True), ("justrl_overlong_robust.yaml", True),
+                                               ("openrs_exp1.yaml", False), ("acereason_math_8k.yaml", False),
+                                               ("tiny.yaml", False)])
+def test_justrl_recipes_decay_every_parameter_as_verl_does(recipe, decay_all):
+    config = dry_run(recipe, 32 if recipe.startswith("justrl") else 2)
+    assert config["training_args"]["weight_decay_all_params"] is decay_all
+    assert config["derived"]["weight_decay"]["decayed_parameters"].startswith("every parameter" if decay_all else "all but")
+
+
+# ---------------------------------------------------------------- master weights
+
+def test_a_bf16_recipe_without_deepspeed_loads_fp32_weights_and_computes_under_bf16_autocast():
+    assert tg.precision_plan("bfloat16", bf16=True, zero_stage=None) == {
+        "load_dtype": "float32", "compute": "bf16 autocast",
+        "master_weights": "the model's weights, loaded in float32 (not bfloat16)"}
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_under_deepspeed_a_bf16_recipe_loads_bf16_and_deepspeed_keeps_the_fp32_master(stage):
+    assert tg.precision_plan("bfloat16", bf16=True, zero_stage=stage) == {
+        "load_dtype": "bfloat16", "compute": "bf16 (DeepSpeed casts the model)",
+        "master_weights": f"fp32 copy in DeepSpeed's ZeRO-{stage} optimizer"}
+
+
+@pytest.mark.parametrize("stage", [None, 3])
+def test_bf16_weights_without_any_fp32_copy_are_refused_naming_the_fix(stage):
+    with pytest.raises(ValueError, match=r"dtype: bfloat16 with bf16: false keeps no fp32 copy.*Set bf16: true"):
+        tg.precision_plan("bfloat16", bf16=False, zero_stage=stage)
+
+
+def test_dry_run_shows_where_the_master_weights_live_for_each_launch_mode():
+    precision = dry_run("justrl.yaml", 32)["derived"]["precision"]
+    assert [p["master_weights"] for p in precision.values()] == [
+        "the model's weights, loaded in float32 (not bfloat16)", "fp32 copy in DeepSpeed's ZeRO-2 optimizer",
+        "fp32 copy in DeepSpeed's ZeRO-3 optimizer"]
+    assert precision["no DeepSpeed: one process, ddp.yaml, cpu.yaml"]["load_dtype"] == "float32"
+
+
+def adamw_update(model, autocast, lr=1e-6):
+    """One AdamW step of lr on a fixed next-token loss; the change of every weight, in fp32."""
+    before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+    ids = torch.arange(3, 35).reshape(2, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0).step()
+    return torch.cat([(p.detach().float() - before[n]).flatten() for n, p in model.named_parameters()])
+
+
+def test_a_1e_6_update_of_a_bf16_recipe_lands_in_fp32_master_weights(tokenizer, tmp_path):
+    """JustRL's lr 1e-6 on one process: the weights the plan loads (fp32, bf16 autocast) take the same update as
+    pure fp32 training; bf16 weights updated in place (the recipe's dtype, loaded as it says) lose nearly all of it."""
+    import tiny
+    from transformers import AutoModelForCausalLM
+
+    tiny.build_model(tokenizer).save_pretrained(tmp_path / "m")
+    plan = tg.precision_plan("bfloat16", bf16=True, zero_stage=None)
+
+    def load(dtype):
+        return AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=getattr(torch, dtype))
+
+    fp32 = adamw_update(load("float32"), autocast=False)
+    planned = adamw_update(load(plan["load_dtype"]), autocast=True)
+    in_place = adamw_update(load("bfloat16"), autocast=True)
+    # Adam's first step moves every weight with a gradient by ~lr (|g| >> eps)
+    assert (fp32.abs() > 0.5e-6).float().mean() > 0.95
+    assert ((planned - fp32).abs() < 1e-8).float().mean() > 0.95  # the few exceptions: gradient signs bf16 flips
+    assert ((in_place - fp32).abs() < 1e-8).float().mean() < 0.05
+    assert (in_place != 0).float().mean() < 0.05  # rounded away
+
+
 # ---------------------------------------------------------------- batch arithmetic
 
 @pytest.mark.parametrize("world, accumulation, steps_per_generation", [(1, 256, 1024), (8, 32, 128), (32, 8, 32),
@@ -146,6 +373,12 @@ def test_prompts_must_split_into_whole_prompt_mini_batches():
         tg.derive_batch(10, 8, 4, 1, 1)
 
 
+def test_an_update_that_would_span_two_generations_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="steps_per_generation=3 is not a multiple of gradient_accumulation_steps=2"):
+        tg.JustRLConfig(output_dir=str(tmp_path), use_cpu=True, num_generations=2, per_device_train_batch_size=2,
+                        gradient_accumulation_steps=2, steps_per_generation=3)
+
+
 # ---------------------------------------------------------------- recipes (dry run: no model, no data)
 
 def dry_run(recipe, world, *extra):
@@ -171,7 +404,7 @@ JUSTRL = {"learning_rate": 1e-6, "epsilon": 0.2, "epsilon_high": 0.28, "delta": 
 OPENRS = {"learning_rate": 1e-6, "lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.1},
           "warmup_steps": 0.1, "per_device_train_batch_size": 6, "gradient_accumulation_steps": 4,
           "num_generations": 6, "max_steps": 500, "save_steps": 50, "temperature": 0.7, "seed": 42,
-          "reward_weights": [1.0, 2.0], "bf16": True}
+          "reward_weights": [1.0, 2.0], "bf16": True, "use_bias_correction_kl": False}
 
 
 @pytest.mark.parametrize("recipe, world, fields, script, model", [
@@ -244,6 +477,12 @@ def test_trl_loss_options_policy_loss_does_not_implement_are_refused(flag, value
         dry_run("justrl.yaml", 32, flag, value)
 
 
+def test_trl_importance_weighted_kl_is_refused_where_there_is_a_kl_term():
+    with pytest.raises(ValueError, match="use_bias_correction_kl=True .* set use_bias_correction_kl: false"):
+        dry_run("openrs_exp1.yaml", 3, "--use_bias_correction_kl", "true")
+    assert dry_run("justrl.yaml", 32, "--use_bias_correction_kl", "true")["training_args"]["beta"] == 0.0  # no KL
+
+
 def test_explicit_trl_value_conflicting_with_paper_units_fails():
     with pytest.raises(ValueError, match="max_steps=5 conflicts with the value 17520"):
         dry_run("justrl.yaml", 32, "--max_steps", "5")
@@ -278,6 +517,174 @@ def test_training_goes_through_policy_loss(tiny_assets, tmp_path, monkeypatch):
     before = AutoModelForCausalLM.from_pretrained(tiny_assets["model"]).state_dict()
     after = AutoModelForCausalLM.from_pretrained(str(tmp_path / "zero")).state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "a zero loss still changed the weights"
+
+
+def one_update_skipped(out, initial_model):
+    """Asserts what a run of 2 updates (no LR warm-up) whose first had a NaN gradient leaves: the optimizer and LR
+    scheduler took exactly one step, the counter says 1, the weights are finite and moved (the second update)."""
+    from transformers import AutoModelForCausalLM
+
+    optimizer = torch.load(out / "checkpoint-2" / "optimizer.pt", weights_only=False)
+    assert {state["step"].item() for state in optimizer["state"].values()} == {1.0}
+    assert torch.load(out / "checkpoint-2" / "scheduler.pt", weights_only=False)["last_epoch"] == 1
+    history = json.load(open(out / "checkpoint-2" / "trainer_state.json"))["log_history"]
+    assert [e[tg.NONFINITE_KEY] for e in history if "loss" in e] == [1, 1]
+    before = AutoModelForCausalLM.from_pretrained(initial_model).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(str(out)).state_dict()
+    assert all(torch.isfinite(after[k]).all() for k in after)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.slow
+def test_a_nonfinite_gradient_skips_the_update_and_training_goes_on(tiny_assets, tmp_path, monkeypatch):
+    """One process: the first of 2 updates gets a NaN loss. veRL skips such an update; so does this trainer."""
+    real = tg.policy_loss
+    calls = []
+
+    def nan_first(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 1 else loss), stats
+
+    monkeypatch.setattr(tg, "policy_loss", nan_first)
+    summary = tg.main(tiny_argv(tiny_assets, tmp_path / "nan", "--total_generation_steps", "1", "--prompts_per_step", "4",
+                                "--per_device_train_batch_size", "16", "--heldout_file", "", "--save_generation_steps", "1",
+                                "--logging_steps", "1", "--warmup_generation_steps", "0"))
+    assert summary["global_step"] == 2 and len(calls) == 2
+    one_update_skipped(tmp_path / "nan", tiny_assets["model"])
+
+
+# train_grpo.main with an instrumented trainer; the tests launch it on 2 processes with accelerate.
+PROBE = """
+import os, sys
+import torch
+import train_grpo as tg
+
+NAN_AT = os.environ.get("PROBE_NAN_AT")  # "update,rank": that update's loss is NaN on that process only
+
+
+class Probe(tg.ClipHigherGRPOTrainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.probe = {"micro_batches": [], "losses": [], "grads": None}
+
+    def _compute_loss(self, model, inputs):  # the first update's micro-batches; every micro-batch's loss
+        loss = super()._compute_loss(model, inputs)
+        if self.state.global_step == 0:
+            self.probe["micro_batches"].append({k: v.clone() for k, v in inputs.items() if torch.is_tensor(v)})
+        if NAN_AT == f"{self.state.global_step},{self.accelerator.process_index}":
+            loss = loss * float("nan")
+        self.probe["losses"].append((self.state.global_step, loss.item()))
+        return loss
+
+    def _clip_grad_norm(self, model):  # the first update's gradient, all-reduced, before clipping
+        if self.state.global_step == 0 and not self.is_deepspeed_enabled:
+            self.probe["grads"] = {n: p.grad.clone() for n, p in self.model.named_parameters()}
+        return super()._clip_grad_norm(model)
+
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        self.probe["optimizer_steps"] = sorted({float(s["step"]) for s in self.optimizer.state.values()})
+        self.probe["scheduler_steps"] = getattr(self.lr_scheduler, "scheduler", self.lr_scheduler).last_epoch
+        if not self.is_deepspeed_enabled:
+            self.probe["weights"] = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        torch.save(self.probe, os.path.join(self.args.output_dir, f"probe_rank{self.accelerator.process_index}.pt"))
+        return result
+
+
+tg.ClipHigherGRPOTrainer = Probe
+tg.main(sys.argv[1:])
+"""
+
+
+def launch_probe(tmp_path, assets, accelerate_config, port, *extra, **env):
+    """PROBE on 2 CPU processes (gloo); returns each rank's records."""
+    (tmp_path / "probe.py").write_text(PROBE)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, **env)
+    cmd = ["accelerate", "launch", "--config_file", os.path.join(ROOT, "accelerate_configs", accelerate_config),
+           "--main_process_port", str(port), str(tmp_path / "probe.py"), *tiny_argv(assets, tmp_path / "run", *extra)]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return [torch.load(tmp_path / "run" / f"probe_rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+
+# One generation of 8 prompts x 8 = 64 responses, 2 updates of 32: per process 16 per update, 2 micro-batches of 8.
+TWO_UPDATES = ("--total_generation_steps", "1", "--prompts_per_step", "8", "--per_device_train_batch_size", "8",
+               "--heldout_file", "", "--logging_steps", "1", "--warmup_generation_steps", "0")
+
+
+@pytest.mark.slow
+def test_two_process_update_gradient_is_the_token_mean_over_the_update(tiny_assets, tmp_path):
+    """The first update's all-reduced gradient on 2 processes equals that of one process's token mean over the
+    same responses, sum(l) / (the update's tokens), although the processes hold unequal token counts and the
+    update's count differs from the generation's average update (TRL's "dapo" normaliser)."""
+    from transformers import AutoModelForCausalLM
+
+    ranks = launch_probe(tmp_path, tiny_assets, "cpu.yaml", 29543, *TWO_UPDATES, "--save_strategy", "no")
+    batches = ranks[0]["micro_batches"] + ranks[1]["micro_batches"]
+    tokens = [sum(mb["completion_mask"].sum().item() for mb in r["micro_batches"]) for r in ranks]
+    generation = batches[0]["num_items_in_batch"].item()
+    assert len(batches) == 4 and tokens[0] != tokens[1] and sum(tokens) != generation / 2  # the cases that differ
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_assets["model"])
+    loss = 0.0
+    for mb in batches:
+        ids, n = torch.cat([mb["prompt_ids"], mb["completion_ids"]], 1), mb["completion_ids"].size(1)
+        logits = model(input_ids=ids, attention_mask=torch.cat([mb["prompt_mask"], mb["completion_mask"]], 1)).logits
+        logps = logits[:, -n - 1:-1].log_softmax(-1).gather(-1, mb["completion_ids"][..., None]).squeeze(-1)
+        loss = loss + tg.policy_loss(logps, mb["old_per_token_logps"], mb["advantages"], mb["completion_mask"],
+                                     0.2, 0.28, 10.0, num_tokens=torch.tensor(float(sum(tokens))))[0]
+    names = [n for n, _ in model.named_parameters()]
+    want = torch.autograd.grad(loss, list(model.parameters()))
+    assert same_gradients([ranks[0]["grads"][n] for n in names], want, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_two_process_nonfinite_gradient_on_one_process_is_skipped_by_both(tiny_assets, tmp_path):
+    """Process 1 alone gets a NaN loss in the first update: the all-reduced gradient is NaN on both processes, both
+    skip that update (optimizer and scheduler untouched) and apply the second one identically."""
+    ranks = launch_probe(tmp_path, tiny_assets, "cpu.yaml", 29547, *TWO_UPDATES, "--save_generation_steps", "1",
+                         PROBE_NAN_AT="0,1")
+    assert all(math.isfinite(loss) for update, loss in ranks[0]["losses"] if update == 0)  # process 0's own loss
+    assert any(not torch.isfinite(g).all() for g in ranks[0]["grads"].values())  # ... but the global gradient
+    assert [(r["optimizer_steps"], r["scheduler_steps"]) for r in ranks] == [([1.0], 1), ([1.0], 1)]
+    assert all(torch.equal(ranks[0]["weights"][n], ranks[1]["weights"][n]) for n in ranks[0]["weights"])
+    one_update_skipped(tmp_path / "run", tiny_assets["model"])
+
+
+@pytest.mark.slow
+def test_under_deepspeed_zero3_the_engine_skips_a_nonfinite_gradient_and_the_trainer_counts_it(tiny_assets, tmp_path):
+    """DeepSpeed steps inside backward() and skips an update whose gradient norm is not finite (its "overflow")."""
+    from transformers import AutoModelForCausalLM
+
+    ranks = launch_probe(tmp_path, tiny_assets, "zero3_cpu.yaml", 29549, *TWO_UPDATES, "--save_generation_steps", "1",
+                         PROBE_NAN_AT="0,1")
+    assert [(r["optimizer_steps"], r["scheduler_steps"]) for r in ranks] == [([1.0], 1), ([1.0], 1)]
+    history = json.load(open(tmp_path / "run" / "checkpoint-2" / "trainer_state.json"))["log_history"]
+    assert [e[tg.NONFINITE_KEY] for e in history if "loss" in e] == [1, 1]
+    after = AutoModelForCausalLM.from_pretrained(str(tmp_path / "run")).state_dict()
+    assert all(torch.isfinite(t).all() for t in after.values())
+
+
+@pytest.mark.slow
+def test_a_bf16_recipe_on_one_process_trains_fp32_weights_under_bf16_autocast(tiny_assets, tmp_path):
+    """dtype: bfloat16 + bf16: true without DeepSpeed, at lr 1e-6: the model is loaded and saved in fp32, two Adam
+    updates move most weights by ~lr, and held-out generation runs before and after training."""
+    from transformers import AutoModelForCausalLM
+
+    summary = tg.main(tiny_argv(tiny_assets, tmp_path / "bf16", "--dtype", "bfloat16", "--bf16", "true",
+                                "--learning_rate", "1e-6", "--weight_decay", "0", "--warmup_generation_steps", "0",
+                                "--total_generation_steps", "1", "--prompts_per_step", "4",
+                                "--per_device_train_batch_size", "16", "--save_strategy", "no"))
+    before = AutoModelForCausalLM.from_pretrained(tiny_assets["model"]).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(str(tmp_path / "bf16"), dtype="auto").state_dict()
+    assert {t.dtype for t in after.values()} == {torch.float32}
+    moved = torch.cat([(after[k] - before[k]).abs().flatten() for k in before])
+    assert moved.max() < 2.5e-6
+    # most weights moved by ~lr per update (bf16 weights would keep ~2%); the others have gradients below Adam's
+    # eps, e.g. embedding rows of tokens the warm-started model never predicts
+    assert (moved > 0.5e-6).float().mean() > 0.7
+    assert summary["accuracy_after"] == pytest.approx(summary["accuracy_before"], abs=0.05)
 
 
 LEADING_ONE = '''

@@ -31,12 +31,13 @@ def build_trainer(argv):
     from trl import ModelConfig, TrlParser
 
     import train_grpo as tg
+    from data import load_prompts
     from reward import load_reward_funcs
 
     script_args, training_args, model_args = TrlParser((tg.ScriptArguments, tg.JustRLConfig, ModelConfig)) \
         .parse_args_and_config(args=argv)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
-    train_ds, _ = tg.load_prompts(script_args, tokenizer)
+    train_ds, _ = load_prompts(script_args, tokenizer)
     training_args.model_init_kwargs = {"dtype": getattr(torch, model_args.dtype)}
     trainer = tg.ClipHigherGRPOTrainer(model=model_args.model_name_or_path,
                                        reward_funcs=load_reward_funcs(script_args.reward_funcs, script_args.reward_kwargs),
