@@ -25,6 +25,8 @@ Commands (the tiny recipe; README "vLLM on a CPU" has the timings):
 """
 
 import os
+from contextlib import contextmanager
+from functools import partial
 
 import torch
 from trl.generation.vllm_generation import VLLMGeneration
@@ -137,3 +139,18 @@ def kv_cache_bytes(config, dtype: torch.dtype, tokens: int) -> int:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype.itemsize * tokens
+
+
+@contextmanager
+def cpu_vllm_generation(output_dir: str):
+    """GRPOTrainer.__init__ builds CPUVLLMGeneration instead of TRL's VLLMGeneration, whose weight sync needs CUDA.
+    TRL constructs it inline in GRPOTrainer.__init__, with no method to override, so the class it names is swapped
+    for that call only (train_grpo.py enters this only when the trainer runs on the CPU)."""
+    import trl.trainer.grpo_trainer as trl_grpo
+
+    trl_class = trl_grpo.VLLMGeneration
+    trl_grpo.VLLMGeneration = partial(CPUVLLMGeneration, weights_dir=os.path.join(output_dir, "vllm_weights"))
+    try:
+        yield
+    finally:
+        trl_grpo.VLLMGeneration = trl_class

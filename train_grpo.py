@@ -46,9 +46,8 @@ import os
 import sys
 import time
 from collections import defaultdict
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
-from functools import partial
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import torch
 from transformers import AutoTokenizer, get_scheduler
@@ -56,8 +55,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
 
 from data import JUSTRL_SUFFIX, load_prompts
+from plan import NONFINITE_KEY, derive_batch, precision_plan, resolved_config
 
-NONFINITE_KEY = "nonfinite_grad_updates_skipped"  # logged: updates skipped for a NaN/inf gradient norm
 
 
 @dataclass
@@ -148,43 +147,6 @@ def _set_derived(args, key: str, value, default) -> None:
     setattr(args, key, value)
 
 
-def derive_batch(prompts_per_step: int, rollouts_per_prompt: int, optimizer_updates_per_step: int,
-                 world_size: int, per_device_train_batch_size: int) -> dict:
-    """TRL's batch settings that realise the paper's generation step on `world_size` training processes.
-
-    One generation step = prompts_per_step x rollouts_per_prompt responses, then optimizer_updates_per_step updates
-    of responses_per_update responses each (veRL's ppo_mini_batch_size counts prompts: 64 prompts' worth of
-    responses in JustRL). Which responses go together: each process generates its share of the step (advantages are
-    computed per prompt group over all processes), then TRL shuffles that share and cuts it into steps_per_generation
-    micro-batches of per_device_train_batch_size; an update is gradient_accumulation_steps consecutive
-    micro-batches on every process, so a random subset of the responses, not whole prompts."""
-    responses = prompts_per_step * rollouts_per_prompt
-    if prompts_per_step % optimizer_updates_per_step:
-        raise ValueError(f"prompts_per_step={prompts_per_step} does not split into optimizer_updates_per_step="
-                         f"{optimizer_updates_per_step} mini-batches of whole prompts.")
-    per_update = responses // optimizer_updates_per_step
-    if per_update % world_size:
-        ok = [n for n in range(1, per_update + 1) if per_update % n == 0]
-        raise ValueError(f"{per_update} responses per optimizer update cannot be split over {world_size} training "
-                         f"processes; use a number of training processes that divides {per_update}: {ok}.")
-    per_process = per_update // world_size
-    if per_process % per_device_train_batch_size:
-        ok = [n for n in range(1, per_process + 1) if per_process % n == 0]
-        raise ValueError(f"per_device_train_batch_size={per_device_train_batch_size} does not divide the "
-                         f"{per_process} responses each process handles per update at world size {world_size}; "
-                         f"choose one of {ok}.")
-    accumulation = per_process // per_device_train_batch_size
-    return {"prompts_per_step": prompts_per_step, "rollouts_per_prompt": rollouts_per_prompt,
-            "optimizer_updates_per_step": optimizer_updates_per_step, "world_size": world_size,
-            "responses_per_step": responses, "responses_per_update": per_update,
-            "per_device_train_batch_size": per_device_train_batch_size,
-            "gradient_accumulation_steps": accumulation,
-            "steps_per_generation": accumulation * optimizer_updates_per_step,
-            "generation_batch_size": responses}
-
-
-
-
 def policy_loss(logps, old_logps, advantages, mask, clip_low=0.2, clip_high=0.28, clip_c=10.0, *,
                 num_tokens=None, token_weights=None, seq_mean=False, ref_logps=None, beta=0.0):
     """PPO-clip policy loss with asymmetric clipping and dual clip, plus an optional KL penalty; returns (loss, stats).
@@ -224,39 +186,14 @@ def policy_loss(logps, old_logps, advantages, mask, clip_low=0.2, clip_high=0.28
     return loss, stats
 
 
-def precision_plan(dtype: str, bf16: bool, fp16: bool = False, zero_stage: int | None = None) -> dict:
-    """Where a run keeps its fp32 master weights, and the dtype to load the policy in, for one launch mode.
-
-    dtype: the recipe's (a checkpoint's "auto" resolved first); bf16/fp16: the recipe's autocast flags; zero_stage:
-    the ZeRO stage of a DeepSpeed launch, None without DeepSpeed (one process, DDP, FSDP). veRL keeps the actor in
-    fp32 and computes in bf16. DeepSpeed with bf16 keeps an fp32 master copy in its optimizer at every ZeRO stage,
-    so a bf16 checkpoint loads as it is. Without DeepSpeed, AdamW would update bf16 weights in place, and an update
-    below half their spacing (2^-8 relative: most updates at lr 1e-6) rounds away; the model is loaded in float32
-    and computes under autocast instead. A half-precision model with no fp32 copy anywhere is refused."""
-    autocast = "bf16" if bf16 else "fp16" if fp16 else None
-    half = dtype in ("bfloat16", "float16")
-    if zero_stage is not None:
-        if autocast:
-            return {"load_dtype": dtype, "compute": f"{autocast} (DeepSpeed casts the model)",
-                    "master_weights": f"fp32 copy in DeepSpeed's ZeRO-{zero_stage} optimizer"}
-        if not half:
-            return {"load_dtype": dtype, "compute": "fp32", "master_weights": "the model's fp32 weights"}
-    elif autocast:
-        return {"load_dtype": "float32", "compute": f"{autocast} autocast",
-                "master_weights": "the model's weights, loaded in float32" + (f" (not {dtype})" if half else "")}
-    elif not half:
-        return {"load_dtype": dtype, "compute": "fp32", "master_weights": "the model's fp32 weights"}
-    raise ValueError(f"dtype: {dtype} with bf16: false keeps no fp32 copy of the weights: AdamW would update {dtype} "
-                     "weights directly and most small updates would round away. Set bf16: true (the model then "
-                     "trains from fp32 weights under bf16 autocast, or from DeepSpeed's fp32 master copy under "
-                     "accelerate_configs/zero2.yaml or zero3.yaml), or dtype: float32.")
-
-
 class ClipHigherGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose loss is `policy_loss`, with paper-unit LR scheduling and per-phase timing."""
 
     def __init__(self, *args, **kwargs):
-        with _vllm_generation_for_device(kwargs.get("args")):
+        config = kwargs.get("args")
+        if uses_cpu_vllm(config):  # TRL's vLLM weight sync needs CUDA: cpu_vllm.py puts a CPU one in its place
+            from cpu_vllm import cpu_vllm_generation
+        with cpu_vllm_generation(config.output_dir) if uses_cpu_vllm(config) else nullcontext():
             super().__init__(*args, **kwargs)
         self._phase_time = {"generation": 0.0, "reward": 0.0, "update": 0.0}
         self._nonfinite_skipped = None  # updates skipped for a non-finite gradient norm, counted from the run's start
@@ -413,24 +350,9 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
         return loss
 
 
-@contextmanager
-def _vllm_generation_for_device(args):
-    """On a CPU trainer, GRPOTrainer builds cpu_vllm.CPUVLLMGeneration instead of TRL's VLLMGeneration, whose weight
-    sync needs CUDA. TRL constructs it inline in GRPOTrainer.__init__, with no method to override, so the class it
-    names is swapped for that call only; on GPUs nothing changes."""
-    if not (args is not None and args.use_vllm and args.device.type == "cpu"):
-        yield
-        return
-    import trl.trainer.grpo_trainer as trl_grpo
-
-    from cpu_vllm import CPUVLLMGeneration
-    trl_class = trl_grpo.VLLMGeneration
-    trl_grpo.VLLMGeneration = partial(CPUVLLMGeneration, weights_dir=os.path.join(args.output_dir, "vllm_weights"))
-    try:
-        yield
-    finally:
-        trl_grpo.VLLMGeneration = trl_class
-
+def uses_cpu_vllm(args) -> bool:
+    """Whether the trainer generates with vLLM from a CPU (then cpu_vllm.py's generation replaces TRL's)."""
+    return args is not None and args.use_vllm and args.device.type == "cpu"
 
 
 @torch.no_grad()
@@ -486,40 +408,6 @@ def _write_json(path: str, obj) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(obj, f, indent=2)
     os.replace(path + ".tmp", path)
-
-
-def resolved_config(script_args, training_args, model_args, world_size: int) -> dict:
-    """Everything a run would use, as one JSON-able dict (the --dry_run output)."""
-    config = training_args.to_dict()
-    derived = {"prompts_per_step": training_args.prompts_per_step,
-               "rollouts_per_prompt": training_args.num_generations,
-               "optimizer_updates_per_step": training_args.optimizer_updates_per_step,
-               "max_prompt_length": script_args.max_prompt_length, "world_size": world_size}
-    if training_args.prompts_per_step is not None:
-        b = derive_batch(training_args.prompts_per_step, training_args.num_generations,
-                         training_args.optimizer_updates_per_step, world_size, training_args.per_device_train_batch_size)
-        derived.update(b)
-        config.update({k: b[k] for k in ("gradient_accumulation_steps", "steps_per_generation", "generation_batch_size")})
-    else:
-        derived["generation_batch_size"] = training_args.per_device_train_batch_size * world_size * training_args.steps_per_generation
-        config["generation_batch_size"] = derived["generation_batch_size"]
-    derived["loss_normaliser"] = ("mean over the update's sequences of each sequence's token mean" if training_args.seq_mean_loss
-                                  else "token mean over each optimizer update's tokens, all processes")
-    derived["weight_decay"] = {"value": training_args.weight_decay, "decayed_parameters": (
-        "every parameter (veRL)" if training_args.weight_decay_all_params
-        else "all but biases and norm weights (transformers' Trainer)")}
-    derived["precision"] = {}
-    for mode, stage in (("no DeepSpeed: one process, ddp.yaml, cpu.yaml", None), ("zero2.yaml", 2), ("zero3.yaml", 3)):
-        if model_args.dtype in ("auto", None):
-            derived["precision"][mode] = "decided at launch from the checkpoint's dtype"
-            continue
-        try:
-            derived["precision"][mode] = precision_plan(model_args.dtype, training_args.bf16, training_args.fp16, stage)
-        except ValueError as e:
-            derived["precision"][mode] = f"refused: {e}"
-    derived["nonfinite_grad_norm"] = f"update skipped, optimizer and LR scheduler untouched; logged as {NONFINITE_KEY}"
-    return {"training_args": config, "script_args": asdict(script_args), "model_args": asdict(model_args),
-            "derived": derived}
 
 
 def main(argv=None):

@@ -107,22 +107,24 @@ def sync_check(assets, out, *extra) -> dict:
     return json.load(open(out / "result.json"))
 
 
-@pytest.mark.parametrize("device, swapped", [("cpu", True), ("cuda", False)])
-def test_trainer_builds_the_cpu_backend_only_on_a_cpu(device, swapped):
+@pytest.mark.parametrize("device, use_vllm, swapped", [("cpu", True, True), ("cuda", True, False), ("cpu", False, False)])
+def test_trainer_builds_the_cpu_backend_only_on_a_cpu(device, use_vllm, swapped):
     import torch
-    import trl.trainer.grpo_trainer as trl_grpo
 
     import train_grpo as tg
-    from cpu_vllm import CPUVLLMGeneration
+    assert tg.uses_cpu_vllm(SimpleNamespace(use_vllm=use_vllm, device=torch.device(device))) is swapped
+
+
+@needs_vllm
+def test_cpu_backend_replaces_trls_for_the_trainers_construction_only():
+    import trl.trainer.grpo_trainer as trl_grpo
+
+    from cpu_vllm import CPUVLLMGeneration, cpu_vllm_generation
     trl_class = trl_grpo.VLLMGeneration
-    args = SimpleNamespace(use_vllm=True, device=torch.device(device), output_dir="out")
-    with tg._vllm_generation_for_device(args):
+    with cpu_vllm_generation("out"):
         inside = trl_grpo.VLLMGeneration
     assert trl_grpo.VLLMGeneration is trl_class
-    if swapped:
-        assert inside.func is CPUVLLMGeneration and inside.keywords == {"weights_dir": os.path.join("out", "vllm_weights")}
-    else:
-        assert inside is trl_class
+    assert inside.func is CPUVLLMGeneration and inside.keywords == {"weights_dir": os.path.join("out", "vllm_weights")}
 
 
 @needs_vllm

@@ -1,0 +1,112 @@
+"""Planning a run: a recipe's paper quantities -> TRL's settings for a given number of training processes.
+
+    derive_batch      the paper's generation step (prompts x rollouts, then N optimizer updates) as TRL's per-device
+                      batch, gradient accumulation and steps_per_generation; an impossible cluster shape fails here
+    precision_plan    for one launch mode, the dtype the policy loads in and where its fp32 master weights live
+    resolved_config   everything a run would use, as the JSON that `--dry_run` prints
+
+Pure functions: nothing here loads a model or data. The command that shows them for a recipe and a cluster shape:
+
+    python train_grpo.py --config recipes/justrl.yaml --dry_run --world_size 32
+"""
+
+from dataclasses import asdict
+
+NONFINITE_KEY = "nonfinite_grad_updates_skipped"  # logged: updates skipped for a NaN/inf gradient norm
+
+
+def derive_batch(prompts_per_step: int, rollouts_per_prompt: int, optimizer_updates_per_step: int,
+                 world_size: int, per_device_train_batch_size: int) -> dict:
+    """TRL's batch settings that realise the paper's generation step on `world_size` training processes.
+
+    One generation step = prompts_per_step x rollouts_per_prompt responses, then optimizer_updates_per_step updates
+    of responses_per_update responses each (veRL's ppo_mini_batch_size counts prompts: 64 prompts' worth of
+    responses in JustRL). Which responses go together: each process generates its share of the step (advantages are
+    computed per prompt group over all processes), then TRL shuffles that share and cuts it into steps_per_generation
+    micro-batches of per_device_train_batch_size; an update is gradient_accumulation_steps consecutive
+    micro-batches on every process, so a random subset of the responses, not whole prompts."""
+    responses = prompts_per_step * rollouts_per_prompt
+    if prompts_per_step % optimizer_updates_per_step:
+        raise ValueError(f"prompts_per_step={prompts_per_step} does not split into optimizer_updates_per_step="
+                         f"{optimizer_updates_per_step} mini-batches of whole prompts.")
+    per_update = responses // optimizer_updates_per_step
+    if per_update % world_size:
+        ok = [n for n in range(1, per_update + 1) if per_update % n == 0]
+        raise ValueError(f"{per_update} responses per optimizer update cannot be split over {world_size} training "
+                         f"processes; use a number of training processes that divides {per_update}: {ok}.")
+    per_process = per_update // world_size
+    if per_process % per_device_train_batch_size:
+        ok = [n for n in range(1, per_process + 1) if per_process % n == 0]
+        raise ValueError(f"per_device_train_batch_size={per_device_train_batch_size} does not divide the "
+                         f"{per_process} responses each process handles per update at world size {world_size}; "
+                         f"choose one of {ok}.")
+    accumulation = per_process // per_device_train_batch_size
+    return {"prompts_per_step": prompts_per_step, "rollouts_per_prompt": rollouts_per_prompt,
+            "optimizer_updates_per_step": optimizer_updates_per_step, "world_size": world_size,
+            "responses_per_step": responses, "responses_per_update": per_update,
+            "per_device_train_batch_size": per_device_train_batch_size,
+            "gradient_accumulation_steps": accumulation,
+            "steps_per_generation": accumulation * optimizer_updates_per_step,
+            "generation_batch_size": responses}
+
+
+def precision_plan(dtype: str, bf16: bool, fp16: bool = False, zero_stage: int | None = None) -> dict:
+    """Where a run keeps its fp32 master weights, and the dtype to load the policy in, for one launch mode.
+
+    dtype: the recipe's (a checkpoint's "auto" resolved first); bf16/fp16: the recipe's autocast flags; zero_stage:
+    the ZeRO stage of a DeepSpeed launch, None without DeepSpeed (one process, DDP, FSDP). veRL keeps the actor in
+    fp32 and computes in bf16. DeepSpeed with bf16 keeps an fp32 master copy in its optimizer at every ZeRO stage,
+    so a bf16 checkpoint loads as it is. Without DeepSpeed, AdamW would update bf16 weights in place, and an update
+    below half their spacing (2^-8 relative: most updates at lr 1e-6) rounds away; the model is loaded in float32
+    and computes under autocast instead. A half-precision model with no fp32 copy anywhere is refused."""
+    autocast = "bf16" if bf16 else "fp16" if fp16 else None
+    half = dtype in ("bfloat16", "float16")
+    if zero_stage is not None:
+        if autocast:
+            return {"load_dtype": dtype, "compute": f"{autocast} (DeepSpeed casts the model)",
+                    "master_weights": f"fp32 copy in DeepSpeed's ZeRO-{zero_stage} optimizer"}
+        if not half:
+            return {"load_dtype": dtype, "compute": "fp32", "master_weights": "the model's fp32 weights"}
+    elif autocast:
+        return {"load_dtype": "float32", "compute": f"{autocast} autocast",
+                "master_weights": "the model's weights, loaded in float32" + (f" (not {dtype})" if half else "")}
+    elif not half:
+        return {"load_dtype": dtype, "compute": "fp32", "master_weights": "the model's fp32 weights"}
+    raise ValueError(f"dtype: {dtype} with bf16: false keeps no fp32 copy of the weights: AdamW would update {dtype} "
+                     "weights directly and most small updates would round away. Set bf16: true (the model then "
+                     "trains from fp32 weights under bf16 autocast, or from DeepSpeed's fp32 master copy under "
+                     "accelerate_configs/zero2.yaml or zero3.yaml), or dtype: float32.")
+
+
+def resolved_config(script_args, training_args, model_args, world_size: int) -> dict:
+    """Everything a run would use, as one JSON-able dict (the --dry_run output)."""
+    config = training_args.to_dict()
+    derived = {"prompts_per_step": training_args.prompts_per_step,
+               "rollouts_per_prompt": training_args.num_generations,
+               "optimizer_updates_per_step": training_args.optimizer_updates_per_step,
+               "max_prompt_length": script_args.max_prompt_length, "world_size": world_size}
+    if training_args.prompts_per_step is not None:
+        b = derive_batch(training_args.prompts_per_step, training_args.num_generations,
+                         training_args.optimizer_updates_per_step, world_size, training_args.per_device_train_batch_size)
+        derived.update(b)
+        config.update({k: b[k] for k in ("gradient_accumulation_steps", "steps_per_generation", "generation_batch_size")})
+    else:
+        derived["generation_batch_size"] = training_args.per_device_train_batch_size * world_size * training_args.steps_per_generation
+        config["generation_batch_size"] = derived["generation_batch_size"]
+    derived["loss_normaliser"] = ("mean over the update's sequences of each sequence's token mean" if training_args.seq_mean_loss
+                                  else "token mean over each optimizer update's tokens, all processes")
+    derived["weight_decay"] = {"value": training_args.weight_decay, "decayed_parameters": (
+        "every parameter (veRL)" if training_args.weight_decay_all_params
+        else "all but biases and norm weights (transformers' Trainer)")}
+    derived["precision"] = {}
+    for mode, stage in (("no DeepSpeed: one process, ddp.yaml, cpu.yaml", None), ("zero2.yaml", 2), ("zero3.yaml", 3)):
+        if model_args.dtype in ("auto", None):
+            derived["precision"][mode] = "decided at launch from the checkpoint's dtype"
+            continue
+        try:
+            derived["precision"][mode] = precision_plan(model_args.dtype, training_args.bf16, training_args.fp16, stage)
+        except ValueError as e:
+            derived["precision"][mode] = f"refused: {e}"
+    derived["nonfinite_grad_norm"] = f"update skipped, optimizer and LR scheduler untouched; logged as {NONFINITE_KEY}"
+    return {"training_args": config, "script_args": asdict(script_args), "model_args": asdict(model_args),
+            "derived": derived}
