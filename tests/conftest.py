@@ -15,3 +15,12 @@ def tiny_assets(tmp_path_factory):
     import tiny
 
     return tiny.ensure_tiny_assets(str(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """A small tokenizer trained on one JustRL prompt, with tiny.py's chat template (builds in a second)."""
+    import data
+    import tiny
+
+    return tiny.build_tokenizer(["What is 1 + 1?" + data.JUSTRL_SUFFIX] * 4)

@@ -25,12 +25,6 @@ def test_system_prompt_comes_first():
                                                                   {"role": "user", "content": "Q"}]
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    import tiny
-    return tiny.build_tokenizer(["What is 1 + 1?" + data.JUSTRL_SUFFIX] * 4)
-
-
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
