@@ -69,7 +69,8 @@ def vllm_engine_kwargs(model: str, args, cpu: bool) -> dict:
         # float32 as the transformers backend on CPU; the KV cache size is VLLM_CPU_KVCACHE_SPACE (GiB), not a
         # fraction of memory
         context = args.max_model_len or _model_context(model)
-        kwargs.update(dtype="float32", enable_chunked_prefill=False, max_num_batched_tokens=max(context, 2048))
+        # step budget: vLLM's CPU default (4096 tokens), or more where one prompt needs it
+        kwargs.update(dtype="float32", enable_chunked_prefill=False, max_num_batched_tokens=max(context, 4096))
         kwargs.pop("gpu_memory_utilization")
     return kwargs
 
@@ -105,8 +106,11 @@ def _vllm_worker(gpu: str, requests: list[dict], model: str, sampling: dict, arg
         from vllm import LLM
 
         llm = LLM(**vllm_engine_kwargs(model, args, cpu=False))
-        for batch in _vllm_batches(llm, requests, sampling):
-            queue.put(batch)
+        try:
+            for batch in _vllm_batches(llm, requests, sampling):
+                queue.put(batch)
+        finally:  # this process exits only once its engine's process is gone
+            llm.llm_engine.engine_core.shutdown()
     except BaseException as e:  # the parent must hear about it, or it waits forever
         queue.put(f"vLLM worker on GPU {gpu} failed: {e!r}")
         raise
@@ -156,19 +160,23 @@ def generate_vllm(requests: list[dict], model: str, sampling: dict, args):
              for i, g in enumerate(gpus)]
     for p in procs:
         p.start()
-    running = len(procs)
-    while running:
-        item = queue.get()
-        if item is None:
-            running -= 1
-        elif isinstance(item, str):
-            for p in procs:
+    try:
+        running = len(procs)
+        while running:
+            item = queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, str):
+                for p in procs:
+                    p.terminate()
+                raise RuntimeError(item)
+            else:
+                yield from item
+    finally:  # also when the caller stops reading early (eval.py stops at its last sample, before the end markers)
+        for p in procs:
+            p.join(timeout=120)
+            if p.is_alive():
                 p.terminate()
-            raise RuntimeError(item)
-        else:
-            yield from item
-    for p in procs:
-        p.join()
 
 
 def openai_chat(base_url: str, body: dict, retries: int = 3) -> dict:

@@ -99,6 +99,7 @@ def convert(gguf_path: str, out_dir: str) -> None:
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(gguf_model.state_dict(), strict=True)
     tokenizer.eos_token, tokenizer.pad_token = EOS, PAD
+    tokenizer.clean_up_tokenization_spaces = False  # a WordPiece clean-up that would strip spaces from BPE text
     tokenizer.model_max_length = config.max_position_embeddings
     eos, pad = tokenizer.convert_tokens_to_ids(EOS), tokenizer.convert_tokens_to_ids(PAD)
     for cfg in (model.config, model.generation_config):

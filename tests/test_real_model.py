@@ -53,6 +53,7 @@ def model(real_assets):
 def test_eos_is_the_turn_end_of_the_chat_template_and_pad_is_apart(tokenizer, model):
     assert (tokenizer.eos_token, tokenizer.eos_token_id) == ("<|im_end|>", 2)
     assert (tokenizer.pad_token, tokenizer.pad_token_id) == ("<|endoftext|>", 0)
+    assert tokenizer.clean_up_tokenization_spaces is False
     assert (model.config.eos_token_id, model.generation_config.eos_token_id) == (2, 2)
     assert (model.config.pad_token_id, model.generation_config.pad_token_id) == (0, 0)
 
@@ -85,7 +86,8 @@ def test_greedy_generation_stops_at_eos_after_a_boxed_answer(tokenizer, model):
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=64, do_sample=False)[0, ids["input_ids"].shape[1]:].tolist()
     assert out[-1] == tokenizer.eos_token_id and len(out) < 64
-    assert tokenizer.decode(out, skip_special_tokens=True) == "4 + 4 = 8, so the answer is \\boxed{8}."
+    # the untrained model copies the system prompt's example: boxed, parsed, wrong (training fixes that)
+    assert tokenizer.decode(out, skip_special_tokens=True) == "10 + 4 = 14, so the answer is \\boxed{14}."
 
 
 def test_a_few_training_steps_write_both_accuracies(real_assets, tmp_path):
@@ -94,7 +96,10 @@ def test_a_few_training_steps_write_both_accuracies(real_assets, tmp_path):
 
     pd.read_parquet(real_assets["test"]).head(4).to_parquet(heldout)
     out = tmp_path / "run"
+    cache = os.path.dirname(real_assets["model"])
     summary = tg.main(["--config", RECIPE, "--output_dir", str(out), "--heldout_file", str(heldout),
+                       "--prepare_kwargs", json.dumps({"out": cache}), "--model_name_or_path", real_assets["model"],
+                       "--dataset_name", real_assets["train"],
                        "--prompts_per_step", "2", "--num_generations", "4", "--optimizer_updates_per_step", "1",
                        "--total_generation_steps", "2", "--save_generation_steps", "2", "--max_completion_length",
                        "24", "--report_to", "none", "--log_completions", "false"])
@@ -109,10 +114,10 @@ def test_a_few_training_steps_write_both_accuracies(real_assets, tmp_path):
 def test_eval_parses_the_boxed_answers_of_the_real_model(real_assets, tmp_path):
     problems = tmp_path / "problems.jsonl"
     problems.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n"
-                                for q, a in [("What is 4 + 4?", "8"), ("What is 2 + 3?", "5")]))
+                                for q, a in [("What is 1 + 1?", "2"), ("What is 0 + 7?", "7")]))
     ev.main(["--config", os.path.join(ROOT, "recipes", "eval_real_cpu.yaml"), "--model", real_assets["model"],
              "--extra", f"lit={problems}:question:answer", "--benchmarks", "lit", "--output_dir", str(tmp_path / "e")])
     records = [json.loads(line) for line in (tmp_path / "e" / "lit.jsonl").read_text().splitlines()]
-    assert [(r["extracted"], r["correct"], r["finish_reason"]) for r in records] == [
-        ("8", True, "stop"), ("5", True, "stop")]
-    assert records[0]["response"] == "4 + 4 = 8, so the answer is \\boxed{8}."
+    assert [(r["response"], r["extracted"], r["correct"], r["finish_reason"]) for r in records] == [
+        ("1 + 1 = 2, so the answer is \\boxed{2}.", "2", True, "stop"),
+        ("10 + 7 = 17, so the answer is \\boxed{17}.", "17", False, "stop")]  # the untrained model's habit

@@ -56,13 +56,13 @@ def test_greedy_vllm_grades_exactly_as_transformers(vllm_engine, tiny_assets, tm
 
 
 def test_a_sample_does_not_depend_on_what_else_is_in_the_batch(vllm_engine, tiny_assets, tmp_path):
-    # 24 problems x 3 rounds = 72 prompts of 42 tokens: more than one step's token budget, so without the CPU
-    # settings of generation.vllm_engine_kwargs vLLM splits a prefill and fails on the per-request seeds
+    # 24 problems x 5 rounds = 120 prompts of 42 tokens, more than one step's token budget (4096 on CPU): without
+    # the CPU settings of generation.vllm_engine_kwargs vLLM splits a prefill and fails on the per-request seeds
     many = _eval(tiny_assets, tmp_path / "many", "vllm", "--temperature", "1.0", "--top_p", "1.0", "--limit", "24",
-                 "--n_samples", "3")
+                 "--n_samples", "5")
     few = _eval(tiny_assets, tmp_path / "few", "vllm", "--temperature", "1.0", "--top_p", "1.0", "--limit", "2",
-                "--n_samples", "3")
-    assert len(many) == 72
+                "--n_samples", "5")
+    assert len(many) == 120
     assert [r["response"] for r in many if r["example_id"] in ("tiny-0", "tiny-1")] == [r["response"] for r in few]
     rounds = {}
     for r in many:
