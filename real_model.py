@@ -171,7 +171,8 @@ def heldout_greedy_accuracy(model_dir: str, test_parquet: str, recipe: str) -> f
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from stages import read_recipe
-    from train_grpo import heldout_accuracy, load_prompts
+    from data import load_prompts
+    from train_grpo import heldout_accuracy
 
     script, _ = read_recipe(recipe, ["--dataset_name", test_parquet])
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -36,7 +36,7 @@ def recipe_settings(config: str) -> dict:
 def prompt_ids(settings: dict) -> list[list[int]]:
     from transformers import AutoTokenizer
 
-    from train_grpo import load_prompts
+    from data import load_prompts
 
     script = settings["script"]
     if script.prepare_assets:

@@ -15,7 +15,7 @@ import pytest
 import eval as ev
 import generation
 import stages
-from train_grpo import JUSTRL_SUFFIX
+from data import JUSTRL_SUFFIX
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

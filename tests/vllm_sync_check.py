@@ -48,7 +48,7 @@ def build_trainer(argv):
 def sequences(tokenizer, heldout_file, n=8):
     """Token ids of n held-out prompts (chat template) followed by their correct worked solution."""
     import tiny
-    from train_grpo import build_prompt
+    from data import build_prompt
 
     out = []
     for p in tiny.load_problems(heldout_file)[:n]:
