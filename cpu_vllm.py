@@ -13,8 +13,8 @@ instead, only when its device is the CPU (on GPUs TRL's code runs untouched, NCC
      that directory: same machine or a shared filesystem.
   3. Colocate mode. TRL gives the engine no dtype, and vLLM downcasts a float32 checkpoint to bfloat16; here the
      engine computes in the training model's dtype, so its log-probs are the trainer's. Its KV cache holds the
-     generation batch (vllm_max_model_length x the sequences TRL generates at once) instead of a fraction of GPU memory;
-     VLLM_CPU_KVCACHE_SPACE (GiB) overrides it.
+     generation batch (the sequences TRL generates at once x vllm_max_model_length, by default the model's context)
+     instead of a fraction of GPU memory; VLLM_CPU_KVCACHE_SPACE (GiB) overrides it.
 
 Commands (the tiny recipe; README "vLLM on a CPU" has the timings):
     accelerate launch --config_file accelerate_configs/cpu.yaml train_grpo.py --config recipes/tiny.yaml \\

