@@ -107,8 +107,8 @@ def test_a_few_training_steps_write_both_accuracies(real_assets, tmp_path):
     assert written["global_step"] == summary["global_step"] == 2
     assert 0.0 <= written["accuracy_before"] <= 1.0 and 0.0 <= written["accuracy_after"] <= 1.0
     assert written["data"] == {"rows": 320, "duplicates_dropped": 0, "too_long_dropped": 0, "kept": 320}
-    saved = json.loads((out / "generation_config.json").read_text())
-    assert (saved["eos_token_id"], saved["pad_token_id"]) == (2, 0)
+    saved = json.loads((out / "generation_config.json").read_text())  # TRL's trainer stores eos as a list
+    assert (saved["eos_token_id"], saved["pad_token_id"]) == ([2], 0)
 
 
 def test_eval_parses_the_boxed_answers_of_the_real_model(real_assets, tmp_path):
@@ -121,3 +121,8 @@ def test_eval_parses_the_boxed_answers_of_the_real_model(real_assets, tmp_path):
     assert [(r["response"], r["extracted"], r["correct"], r["finish_reason"]) for r in records] == [
         ("1 + 1 = 2, so the answer is \\boxed{2}.", "2", True, "stop"),
         ("10 + 7 = 17, so the answer is \\boxed{17}.", "17", False, "stop")]  # the untrained model's habit
+
+
+def test_a_misspelt_prepare_assets_fails_at_start_up_naming_the_key():
+    with pytest.raises(ValueError, match="prepare_assets: cannot import 'real_model.ensure_assets'"):
+        tg.main(["--config", RECIPE, "--dry_run", "--prepare_assets", "real_model.ensure_assets"])
