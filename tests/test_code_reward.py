@@ -14,10 +14,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import code_reward as cr  # noqa: E402
 import sandbox  # noqa: E402
+from conftest import IN_CI  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "code" / "problems.jsonl"
 # Under CI a missing sandbox fails these tests instead of skipping them (a green run must mean it works).
-needs_sandbox = pytest.mark.skipif(sandbox.choose_backend() is None and not os.environ.get("CI"),
+needs_sandbox = pytest.mark.skipif(sandbox.choose_backend() is None and not IN_CI,
                                    reason="no sandbox backend: run scripts/install_sandbox_deps.sh")
 
 ADD_STDIO = [{"input": "1 2\n", "output": "3\n"}, {"input": "2 2\n", "output": "4\n"},

@@ -19,6 +19,7 @@ import data
 import eval as ev
 import real_model
 import train_grpo as tg
+from conftest import IN_CI  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +32,7 @@ def real_assets():
     try:
         return real_model.ensure_real_assets(os.path.join(ROOT, ".cache", "smollm2"))
     except RuntimeError as error:
-        if "could not fetch" in str(error) and os.environ.get("CI") != "true":
+        if "could not fetch" in str(error) and not IN_CI:
             pytest.skip(str(error))
         raise
 

@@ -21,13 +21,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sandbox  # noqa: E402
+from conftest import IN_CI  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HOSTILE = Path(__file__).parent / "hostile"
 IN_CHILD = os.environ.get("SANDBOX_HOSTILE_CHILD") == "1"
 BACKENDS = [b for b in sandbox.BACKENDS if sandbox.backend_problem(b) is None]
 # Under CI a missing sandbox fails these tests instead of skipping them (a green run must mean it works).
-needs_sandbox = pytest.mark.skipif(not BACKENDS and not os.environ.get("CI"),
+needs_sandbox = pytest.mark.skipif(not BACKENDS and not IN_CI,
                                    reason="no sandbox backend: run scripts/install_sandbox_deps.sh")
 hostile = pytest.mark.skipif(not IN_CHILD or not BACKENDS,
                              reason="runs inside test_every_hostile_program_in_a_contained_child")

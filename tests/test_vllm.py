@@ -18,10 +18,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT
+from conftest import IN_CI, ROOT
 
 # Under CI a missing vLLM fails these tests instead of skipping them (a green run must mean vLLM works).
-needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None and not os.environ.get("CI"),
+needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None and not IN_CI,
                                 reason="vLLM not installed: bash scripts/install_vllm_cpu.sh")
 
 TOL = 1e-3  # largest per-token log-prob difference between the engine and the trainer (float32 both)

