@@ -300,8 +300,20 @@ def wait_for_server(steps: Steps, name: str, url: str, timeout_s: float) -> floa
                        f"(--server_timeout_s); last lines of {node['log']}:\n{tail(node['log'])}")
 
 
-def run(plan: list[dict], output_dir: str, server_url: str | None, server_timeout_s: float, poll_s: float = 1.0) -> None:
-    """Start the server, wait for it, start the trainers, and watch them all until they finish or one fails."""
+def healthy(url: str, timeout_s: float = 10.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health/", timeout=timeout_s) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def run(plan: list[dict], output_dir: str, server_url: str | None, server_timeout_s: float, poll_s: float = 1.0,
+        health_every_s: float = 5.0, health_failures: int = 3) -> None:
+    """Start the server, wait for it, start the trainers, and watch them all until they finish or one fails.
+
+    During training the server's /health is also checked every health_every_s: `health_failures` failures in a row
+    (a server process dead inside a step that has not ended yet, or hung) stop the job as a dead server does."""
     steps = Steps(os.getcwd())
     server = next((n for n in plan if n["role"] == "vllm"), None)
     started = time.time()
@@ -327,7 +339,15 @@ def run(plan: list[dict], output_dir: str, server_url: str | None, server_timeou
         for node in plan:
             if node["role"] == "train":
                 steps.start(node)
+        failures, next_check = 0, time.time() + health_every_s
         while any(n["role"] == "train" for _, n in steps.running.values()):
+            if server and time.time() >= next_check:
+                failures = 0 if healthy(server_url) else failures + 1
+                next_check = time.time() + health_every_s
+                if failures >= health_failures:
+                    fail(f"the vLLM server on {server['host']} stopped answering {server_url}/health "
+                         f"({failures} checks in a row, {health_every_s:g} s apart); last lines of "
+                         f"{server['log']}:\n{tail(server['log'])}")
             ended = steps.poll()
             if ended is None:
                 time.sleep(poll_s)
@@ -338,8 +358,11 @@ def run(plan: list[dict], output_dir: str, server_url: str | None, server_timeou
                      f"{node['log']}:\n{tail(node['log'])}")
             if code != 0:
                 which = failed_rank(node["log"]) or "a process (no rank reported)"
-                fail(f"training node {node['rank']} ({node['host']}): {which}; its job step exited with code {code}. "
-                     f"Last lines of {node['log']}:\n{tail(node['log'])}")
+                cause = ""
+                if server and not healthy(server_url, 5.0):  # a trainer that failed on a dead server: say so first
+                    cause = f"the vLLM server on {server['host']} is not answering {server_url}/health, and "
+                fail(f"{cause}training node {node['rank']} ({node['host']}): {which}; its job step exited with code "
+                     f"{code}. Last lines of {node['log']}:\n{tail(node['log'])}")
             print(f"[launch] training node {node['rank']} ({node['host']}) finished", flush=True)
     finally:
         steps.stop_all()
