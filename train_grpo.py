@@ -278,22 +278,22 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
             return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
                                                               batch_size, compute_entropy, compute_aux_loss, **multimodal)
         prompt_mask, completion_mask = attention_mask[:, :-logits_to_keep], attention_mask[:, -logits_to_keep:]
-        order = torch.argsort(attention_mask.sum(1), descending=True, stable=True)
-        logps = input_ids.new_zeros((rows, logits_to_keep), dtype=torch.float32)
-        entropies = torch.zeros_like(logps) if compute_entropy else None
-        aux = []
+        length = completion_mask.sum(1) * (prompt_mask.size(1) + 1) + prompt_mask.sum(1)  # as packing.group_by_length
+        order = torch.argsort(length, descending=True, stable=True)
+        logps, entropies, aux = None, None, []
         for start in range(0, rows, batch_size):
             idx = order[start:start + batch_size]
             prompt, completion = trimmed_widths(prompt_mask[idx], completion_mask[idx])
             cols = slice(prompt_mask.size(1) - prompt, prompt_mask.size(1) + completion)
             chunk = super()._get_per_token_logps_and_entropies(model, input_ids[idx, cols], attention_mask[idx, cols],
                                                                completion, None, compute_entropy, compute_aux_loss)
-            logps = logps.to(chunk[0].dtype)
+            if logps is None:
+                logps = chunk[0].new_zeros((rows, logits_to_keep))
+                entropies = chunk[1].new_zeros((rows, logits_to_keep)) if compute_entropy else None
             logps[idx, :completion] = chunk[0]
             if compute_entropy:
-                entropies[idx, :completion] = chunk[1].to(entropies.dtype)
-            if compute_aux_loss:
-                aux.append(chunk[2])
+                entropies[idx, :completion] = chunk[1]
+            aux.append(chunk[2])
         return logps, entropies, torch.stack(aux).mean() if compute_aux_loss else None
 
     def _prepare_inputs(self, generation_batch):

@@ -99,3 +99,97 @@ def test_regroup_refuses_multimodal_batches_naming_the_recipe_key():
     b = dict(batch([1, 1], [1, 2]), pixel_values=torch.zeros(2, 3))
     with pytest.raises(ValueError, match="pixel_values.*group_update_by_length: false"):
         packing.regroup_update(split(b, 1))
+
+
+# ---------------------------------------------------------------- the trainer (tiny model, one process)
+
+# One generation of 16 responses with long-tailed lengths, 2 updates of 4 micro-batches of 2 (TRL's shuffled order).
+PROMPTS = [3, 2, 3, 1, 2, 3, 3, 2, 1, 3, 2, 3, 3, 1, 2, 3]
+RESPONSES = [12, 2, 3, 1, 5, 2, 9, 1, 2, 4, 1, 3, 2, 6, 1, 2]
+
+
+def generation():
+    g = torch.Generator().manual_seed(0)
+    prompt_mask, completion_mask = masks(PROMPTS, RESPONSES, 3, 12)
+    return {"prompt_ids": torch.randint(3, 200, (16, 3), generator=g), "prompt_mask": prompt_mask,
+            "completion_ids": torch.randint(3, 200, (16, 12), generator=g), "completion_mask": completion_mask,
+            "advantages": torch.randn(16, generator=g), "num_items_in_batch": torch.tensor(float(sum(RESPONSES)))}
+
+
+def packing_trainer(tokenizer, tmp_path, **config):
+    from test_train_grpo import tiny_trainer
+
+    trainer = tiny_trainer(tokenizer, tmp_path, gradient_accumulation_steps=4, steps_per_generation=8, **config)
+    trainer._generate_and_score_completions = lambda inputs: generation()
+    return trainer
+
+
+@pytest.fixture
+def no_shuffle(monkeypatch):
+    """TRL's shuffle as the identity: micro-batch i holds rows 2i, 2i + 1 (the regrouping sees TRL's order)."""
+    import trl.trainer.grpo_trainer as grpo
+
+    monkeypatch.setattr(grpo, "shuffle_sequence_dict", lambda b: b)
+
+
+def update_gradient(trainer, micro_batches):
+    params = list(trainer.model.parameters())
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 4
+    loss = sum(trainer._compute_loss(trainer.model, mb) for mb in micro_batches)
+    return torch.autograd.grad(loss, params)
+
+
+def test_grouped_trimmed_update_has_trls_gradient(tokenizer, tmp_path):
+    """The first update's gradient over our 4 micro-batches (grouped by length, trimmed) equals the one over TRL's
+    4 shuffled micro-batches padded to the generation's longest response."""
+    from test_train_grpo import same_gradients
+
+    trainer = packing_trainer(tokenizer, tmp_path)
+    trl_order = split(generation(), 2)
+    trainer._count_update_tokens(trl_order)
+    ours = trainer._pack_updates(split(generation(), 2))
+    trainer._count_update_tokens(ours)
+    assert [mb["completion_mask"].size(1) for mb in ours[:4]] == [12, 5, 2, 1]  # 12, 9 | 5, 3 | 2, 2 | 1, 1
+    assert ours[0]["update_num_tokens"].item() == trl_order[0]["update_num_tokens"].item() == 12 + 2 + 3 + 1 + 5 + 2 + 9 + 1
+    assert same_gradients(update_gradient(trainer, ours[:4]), update_gradient(trainer, trl_order[:4]))
+
+
+def test_logged_tokens_are_what_the_micro_batches_hold(tokenizer, tmp_path, no_shuffle):
+    """Per update: real tokens (prompt + response), computed tokens (rows x trimmed width) and the padding fraction."""
+    trainer = packing_trainer(tokenizer, tmp_path)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 4  # set by Trainer.train()
+    for _ in range(8):
+        trainer.training_step(trainer.model, [{}], None)
+    logged = {k: trainer._metrics["train"][k] for k in ("tokens/real", "tokens/computed", "tokens/padding_fraction")}
+    # update 0, rows 0-7: prompts 3+2+3+1+2+3+3+2 = 19, responses 35; micro-batches (rows 0, 6), (4, 2), (5, 1), (7, 3)
+    # are 2 x (3 + 12), 2 x (3 + 5), 2 x (3 + 2), 2 x (2 + 1) = 30 + 16 + 10 + 6 = 62 computed tokens
+    # update 1, rows 8-15: prompts 18, responses 21; (13, 9), (11, 12), (15, 8), (10, 14): 2 x (3 + 6), 2 x (3 + 3),
+    # 2 x (3 + 2), 2 x (2 + 1) = 18 + 12 + 10 + 6 = 46 (TRL's order: 8 x (3 + 12) = 120 per update)
+    assert logged == {"tokens/real": [54.0, 39.0], "tokens/computed": [62.0, 46.0],
+                      "tokens/padding_fraction": pytest.approx([1 - 54 / 62, 1 - 39 / 46])}
+
+
+def test_old_policy_and_reference_passes_run_trimmed_chunks_with_trls_log_probs(tokenizer, tmp_path):
+    """TRL's generation-time pass (batch_size 2 over the 16 rows): chunks of similar length, trimmed; every response
+    token gets the log-probability of TRL's untrimmed pass."""
+    from trl import GRPOTrainer
+
+    trainer = packing_trainer(tokenizer, tmp_path)
+    g = generation()
+    ids = torch.cat([g["prompt_ids"], g["completion_ids"]], 1)
+    attention = torch.cat([g["prompt_mask"], g["completion_mask"]], 1)
+    widths = []
+    model_forward = trainer.model.forward
+    trainer.model.forward = lambda input_ids, **kw: widths.append(input_ids.size(1)) or model_forward(input_ids, **kw)
+    with torch.no_grad():
+        ours = trainer._get_per_token_logps_and_entropies(trainer.model, ids, attention, 12, batch_size=2)[0]
+        trainer.model.forward = model_forward
+        trl = GRPOTrainer._get_per_token_logps_and_entropies(trainer, trainer.model, ids, attention, 12, batch_size=2)[0]
+    mask = g["completion_mask"].bool()
+    assert torch.allclose(ours[mask], trl[mask], atol=1e-5)
+    assert (ours[~mask] == 0).all()
+    # rows by response then prompt length, as group_by_length: (0, 6), (13, 4), (9, 2), (11, 5), (12, 15), (1, 8),
+    # (7, 10), (14, 3); each chunk as wide as its longest prompt + longest response
+    assert widths == [3 + 12, 2 + 6, 3 + 4, 3 + 3, 3 + 2, 2 + 2, 2 + 1, 2 + 1]
