@@ -193,3 +193,54 @@ def test_old_policy_and_reference_passes_run_trimmed_chunks_with_trls_log_probs(
     # rows by response then prompt length, as group_by_length: (0, 6), (13, 4), (9, 2), (11, 5), (12, 15), (1, 8),
     # (7, 10), (14, 3); each chunk as wide as its longest prompt + longest response
     assert widths == [3 + 12, 2 + 6, 3 + 4, 3 + 3, 3 + 2, 2 + 2, 2 + 1, 2 + 1]
+
+
+# ---------------------------------------------------------------- real runs: 2 processes, ZeRO-3 (tiny model)
+
+# One generation of 8 prompts x 8 = 64 responses, 2 updates of 32: per process 16 per update, 2 micro-batches of 8;
+# steps_per_generation 4 > accumulation 2, so TRL also runs the old policy's log-prob pass (ours: trimmed chunks).
+# SGD: Adam's first step is ~lr x sign(gradient), which turns a rounding-level gradient into a full step.
+RUN = ("--total_generation_steps", "1", "--prompts_per_step", "8", "--per_device_train_batch_size", "8",
+       "--heldout_file", "", "--logging_steps", "1", "--warmup_generation_steps", "0", "--save_strategy", "no",
+       "--optim", "sgd", "--learning_rate", "0.05", "--seed", "1")
+
+
+def runs_both_ways(tmp_path, tiny_assets, accelerate_config, port):
+    """The same 2-process run in TRL's order (shuffled micro-batches, untrimmed, untrimmed log-prob passes) and ours."""
+    from test_train_grpo import launch_probe
+
+    (tmp_path / "trl").mkdir(), (tmp_path / "ours").mkdir()
+    return {"trl": launch_probe(tmp_path / "trl", tiny_assets, accelerate_config, port, *RUN, PROBE_TRL_ORDER="1"),
+            "ours": launch_probe(tmp_path / "ours", tiny_assets, accelerate_config, port, *RUN)}
+
+
+def same_weights_after(run_dir, trl_run_dir, initial):
+    """Per tensor, the weights two runs saved differ by at most 1e-5 x the largest change the update made, plus 4 ulps
+    of the weight (a float32 weight of ~1 holds an update of ~5e-4 to only ~2e-4 relative)."""
+    from transformers import AutoModelForCausalLM
+
+    ours, trl, before = (AutoModelForCausalLM.from_pretrained(str(d)).state_dict() for d in (run_dir, trl_run_dir, initial))
+    eps = torch.finfo(torch.float32).eps
+    return all(((ours[k] - trl[k]).abs() <= 1e-5 * (trl[k] - before[k]).abs().max() + 4 * eps * trl[k].abs()).all()
+               for k in before)
+
+
+@pytest.mark.slow
+def test_two_processes_grouped_update_has_trls_gradient_and_weights(tiny_assets, tmp_path):
+    from test_train_grpo import same_gradients
+
+    runs = runs_both_ways(tmp_path, tiny_assets, "cpu.yaml", 29561)
+    trl, ours = runs["trl"][0], runs["ours"][0]
+    names = sorted(trl["grads"])
+    assert same_gradients([ours["grads"][n] for n in names], [trl["grads"][n] for n in names], rel=1e-5)
+    assert same_weights_after(tmp_path / "ours" / "run", tmp_path / "trl" / "run", tiny_assets["model"])
+    # TRL's micro-batches are as wide as the process's longest response; ours, their own longest, longest first
+    widths = {k: [[mb["completion_mask"].size(1) for mb in r["micro_batches"]] for r in v] for k, v in runs.items()}
+    assert all(w[0] == w[1] for w in widths["trl"]) and all(w[0] >= w[1] for w in widths["ours"])
+    assert sum(map(sum, widths["ours"])) < sum(map(sum, widths["trl"])), widths
+
+
+@pytest.mark.slow
+def test_zero3_grouped_update_leaves_trls_weights(tiny_assets, tmp_path):
+    runs_both_ways(tmp_path, tiny_assets, "zero3_cpu.yaml", 29563)
+    assert same_weights_after(tmp_path / "ours" / "run", tmp_path / "trl" / "run", tiny_assets["model"])
