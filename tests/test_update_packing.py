@@ -244,3 +244,33 @@ def test_two_processes_grouped_update_has_trls_gradient_and_weights(tiny_assets,
 def test_zero3_grouped_update_leaves_trls_weights(tiny_assets, tmp_path):
     runs_both_ways(tmp_path, tiny_assets, "zero3_cpu.yaml", 29563)
     assert same_weights_after(tmp_path / "ours" / "run", tmp_path / "trl" / "run", tiny_assets["model"])
+
+
+# ---------------------------------------------------------------- scripts/gpu_check.py
+
+SMOKE = """
+import runpy, sys
+for name in ("trl", "datasets", "deepspeed", "vllm"):  # the GPU machine has torch, transformers, accelerate only
+    sys.modules[name] = None
+sys.argv = ["gpu_check.py", "--smoke"]
+runpy.run_path("scripts/gpu_check.py", run_name="__main__")
+"""
+
+
+def test_gpu_check_smoke_mode_runs_on_the_cpu_without_trl():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-c", SMOKE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    header, *cases = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert header["device"] == "cpu"
+    assert [(c["response_cap"], c["micro_batch"]) for c in cases] == [(32, 1), (32, 2), (64, 1), (64, 2)]
+    assert all(c["ours"]["computed_over_real"] < c["trl"]["computed_over_real"] for c in cases)
+    assert all(c["ours"]["computed_over_real"] == 1.0 for c in cases if c["micro_batch"] == 1)
+    assert all(c["gradient_max_rel_difference"] < 0.05 for c in cases)  # bf16 autocast, summed in another order
