@@ -274,3 +274,16 @@ def test_gpu_check_smoke_mode_runs_on_the_cpu_without_trl():
     assert all(c["ours"]["computed_over_real"] < c["trl"]["computed_over_real"] for c in cases)
     assert all(c["ours"]["computed_over_real"] == 1.0 for c in cases if c["micro_batch"] == 1)
     assert all(c["gradient_max_rel_difference"] < 0.05 for c in cases)  # bf16 autocast, summed in another order
+
+
+def test_every_training_recipe_sets_the_grouping_explicitly_and_on():
+    import os
+
+    import yaml
+
+    from conftest import ROOT
+
+    folder = os.path.join(ROOT, "recipes")
+    recipes = {f: yaml.safe_load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder)) if f.endswith(".yaml")}
+    training = {f: r for f, r in recipes.items() if "per_device_train_batch_size" in r}
+    assert len(training) == 15 and all(r.get("group_update_by_length") is True for r in training.values())
