@@ -23,6 +23,14 @@ How this departs from TRL's stock GRPOTrainer, and why:
   5. Logged besides TRL's metrics: accuracy (reward.py), fractions of tokens clipped low / high / by the dual clip,
      time per phase (generation, reward, update), and the dataset rows of every generation step
      (`<output_dir>/data_order/`), which shows that a resumed run neither skips nor repeats a prompt.
+  6. The update computes only real tokens (packing.py). TRL pads a process's whole generation to its longest response
+     and runs every micro-batch, and every old-policy / reference log-prob chunk, at that width: at JustRL's lengths
+     1.9-3.4x the real tokens. Here each micro-batch and chunk is trimmed to its own longest prompt and response, and
+     inside each optimizer update (each process, its own share) responses of similar length share a micro-batch
+     (`group_update_by_length`, on in every recipe): 1.0-1.3x (benchmarks/bench_update.py). The gradient is the same:
+     the loss is a token mean over the update's tokens, so which micro-batch a response lands in does not matter, and
+     the number and size of micro-batches per update are unchanged on every process. Logged per update:
+     tokens/real, tokens/computed, tokens/padding_fraction.
 
 Commands:
     # the embedded CPU demo (builds a tiny model and data once, ~4 min on 2 cores)

@@ -40,9 +40,29 @@ def simulate(mean, world, micro, steps=200, prompts=256, rollouts=8, updates=4, 
     grouped = -np.sort(-shares.reshape(steps, world, updates, accumulation * micro), axis=-1)
     grouped = grouped.reshape(steps, world, updates, accumulation, micro)
     real = lengths.sum()
+    # Not built, for comparison: the best split of each process's sorted share into as many micro-batches of any
+    # sizes (a token budget with the micro-batch count fixed), and sorting each update across all processes.
+    best = sum(best_split(grouped[s, w, u].ravel(), accumulation) for s in range(min(steps, 20))
+               for w in range(world) for u in range(updates))
+    across = -np.sort(-np.concatenate([shares[:, w].reshape(steps, updates, -1) for w in range(world)], -1), axis=-1)
     return {"trl": round(float((per_process * shares.max(-1)).sum() / real), 3),
             "trimmed": round(float((micro * micro_batches.max(-1)).sum() / real), 3),
-            "grouped": round(float((micro * grouped[..., 0]).sum() / real), 3)}
+            "grouped": round(float((micro * grouped[..., 0]).sum() / real), 3),
+            "best_split_same_count": round(float(best / lengths[:20].sum()), 3),
+            "grouped_across_processes": round(float((micro * across[..., ::micro]).sum() / real), 3)}
+
+
+def best_split(lengths, parts):
+    """Fewest computed tokens over splits of lengths (sorted, longest first) into `parts` consecutive micro-batches
+    of any sizes: dynamic programming, cost of a micro-batch = its rows x its first (longest) row."""
+    n = len(lengths)
+    start, end = np.arange(n)[:, None], np.arange(1, n + 1)[None, :]
+    cost = np.where(end > start, (end - start) * lengths[:, None], np.inf)
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    for _ in range(parts):
+        best = np.concatenate([[np.inf], np.min(best[:n, None] + cost, axis=0)])
+    return best[n]
 
 
 def scaled_generation(vocab, updates, per_update, scale, mean, seed=0):
