@@ -14,8 +14,8 @@ micro-batch (same gradient: the loss is a token mean over the update's tokens).
    scaled down by --scale (mean 8000 / 64 = 125 tokens, cap 240), prompts of 4-12 tokens; TRL's order vs ours, each
    update timed (forward, policy_loss over the update's token mean, backward), and the two gradients compared.
 
-    python -m benchmarks.bench_update                   # both parts, ~3 min on 2 idle cores
-    python -m benchmarks.bench_update --simulate_only   # part 1, seconds
+    python -m benchmarks.bench_update                   # both parts, ~5 min on 2 idle cores (10 at load 6)
+    python -m benchmarks.bench_update --simulate_only   # part 1, ~10 s
 """
 
 import argparse
