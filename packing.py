@@ -6,6 +6,7 @@ train_grpo.py's trainer instead
     trim_micro_batch      cuts each micro-batch to its own longest prompt (left padding) and response (right padding)
     group_by_length       inside one optimizer update, puts responses of similar length into the same micro-batch
                           (each process its own share; the number and size of micro-batches are unchanged)
+    regroup_update        both, on one update's micro-batches as TRL cut them
     token_counts          real tokens (attended) and computed tokens (rows x width) of a micro-batch, for the logs
 The gradient is unchanged: the loss is a token mean over each update's tokens, all processes together, so which
 micro-batch a response of the update lands in does not matter, and trimmed columns are padding that no real token
@@ -92,7 +93,3 @@ def regroup_update(micro_batches: list[dict]) -> list[dict]:
     return [trim_micro_batch({k: v[rows] if torch.is_tensor(v) and v.dim() > 0 else v for k, v in merged.items()})
             for rows in groups]
 
-
-def computed_tokens(lengths_by_micro_batch: list[list[int]]) -> int:
-    """Tokens a forward computes over micro-batches padded to their own longest row: sum of rows x longest."""
-    return sum(len(mb) * max(mb) for mb in lengths_by_micro_batch if mb)

@@ -198,7 +198,8 @@ def policy_loss(logps, old_logps, advantages, mask, clip_low=0.2, clip_high=0.28
 
 
 class ClipHigherGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer whose loss is `policy_loss`, with paper-unit LR scheduling and per-phase timing."""
+    """GRPOTrainer whose loss is `policy_loss`, over micro-batches of real tokens (packing.py), with paper-unit LR
+    scheduling and per-phase timing."""
 
     def __init__(self, *args, **kwargs):
         config = kwargs.get("args")

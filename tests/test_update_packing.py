@@ -76,10 +76,6 @@ def test_group_by_length_refuses_an_update_that_does_not_split_evenly():
         packing.group_by_length([1] * 5, [1] * 5, 2)
 
 
-def test_computed_tokens_pad_each_micro_batch_to_its_own_longest():
-    assert packing.computed_tokens([[8, 1], [7, 7], [3]]) == 16 + 14 + 3
-
-
 def test_regroup_update_keeps_the_responses_and_the_micro_batch_count_and_trims_each():
     # 6 responses of one update as TRL cut them (3 micro-batches of 2): lengths 3, 8 | 1, 5 | 2, 7
     b = batch([1, 2, 1, 3, 1, 1], [3, 8, 1, 5, 2, 7])
