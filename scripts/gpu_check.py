@@ -9,8 +9,8 @@ runs in TRL's order (a generation of 4 updates padded to its longest response, s
 (grouped by length, trimmed). One JSON line per case: computed / real tokens, seconds, peak memory, real tokens/s,
 MFU against the GPU's bf16 peak (dense), and the largest gradient difference between the two orders.
 
-Needs torch and transformers only, no network. Where they are missing, put their wheels (and their dependencies') in
-a folder and pass --wheels DIR: `pip install --no-index --find-links DIR` installs them first.
+Needs torch and transformers only, no network. Where something is missing, put its wheels (and its dependencies') in
+scripts/wheels/ or pass --wheels DIR: `pip install --no-index --find-links DIR` installs them first.
 
     python scripts/gpu_check.py                         # the GPU run (~3-5 min on an H100/H200)
     python scripts/gpu_check.py --peak_tflops 989       # a GPU the table below does not know
@@ -135,14 +135,15 @@ def flops(config, micro_batches):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny config on the CPU")
-    parser.add_argument("--wheels", help="folder of wheels to install first (no index, no network)")
+    parser.add_argument("--wheels", help="folder of wheels to install first (default: scripts/wheels/ if it has any)")
     parser.add_argument("--lengths", type=int, nargs="*", help="response caps (default 4096 8192 16384)")
     parser.add_argument("--micro_batches", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--per_update", type=int, default=16, help="responses per update on this process")
     parser.add_argument("--peak_tflops", type=float, help="the GPU's dense bf16 peak (default: known GPUs)")
     args = parser.parse_args()
-    if args.wheels:
-        install_wheels(args.wheels)
+    beside = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wheels")
+    if args.wheels or glob.glob(os.path.join(beside, "*.whl")):
+        install_wheels(args.wheels or beside)
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
