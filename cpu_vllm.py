@@ -35,8 +35,8 @@ from trl.generation.vllm_generation import VLLMGeneration
 class CPUVLLMGeneration(VLLMGeneration):
     """TRL's VLLMGeneration with CPU engines and a weight sync that needs no CUDA (see the module docstring)."""
 
-    def __init__(self, *args, weights_dir: str, **kwargs):
-        self.weights_dir = weights_dir
+    def __init__(self, *args, weights_dir: str, reload_timeout_s: float = 600.0, **kwargs):
+        self.weights_dir, self.reload_timeout_s = weights_dir, reload_timeout_s
         super().__init__(*args, **kwargs)
 
     def _init_vllm(self):
@@ -123,7 +123,8 @@ class CPUVLLMGeneration(VLLMGeneration):
         base_url = self.vllm_client.base_url
         try:
             response = requests.post(f"{base_url}/collective_rpc", json={
-                "method": "reload_weights", "kwargs": {"weights_path": os.path.abspath(self.weights_dir)}})
+                "method": "reload_weights", "kwargs": {"weights_path": os.path.abspath(self.weights_dir)}},
+                timeout=self.reload_timeout_s)
         finally:
             os.remove(path)
         if response.status_code != 200:

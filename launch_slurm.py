@@ -1,20 +1,39 @@
 """Launch train_grpo.py on a Slurm allocation: N training nodes plus one node serving generation with vLLM.
 
-Node roles: the allocation's last node runs `trl vllm-serve`; every other node runs `accelerate launch` with one
-process per GPU, rendezvousing at the first node. The trainer is pointed at the vLLM node through
---vllm_server_host/--vllm_server_port, so the recipe needs no host names. Inside an allocation this script
-starts the server, waits for its health check, starts the trainers with `srun`, and stops the server at the end.
+Node roles: the allocation's last node runs `trl vllm-serve`; every other node runs `accelerate launch`,
+rendezvousing at the first node. The trainer is pointed at the vLLM node through --vllm_server_host/--vllm_server_port,
+so the recipe needs no host names. Inside an allocation this script starts the server, waits for its health check,
+starts the trainers with `srun` (one job step per node), watches every step, and stops them all at the end.
 
-    # inside `salloc --nodes 5 --gpus-per-node 8` or an sbatch script:
+    # inside `salloc --nodes 5 --gpus-per-node 8`, or from an sbatch script (slurm/justrl.sbatch):
     python launch_slurm.py --config recipes/justrl.yaml
     # print each node's command without running anything (works outside Slurm too):
     python launch_slurm.py --config recipes/justrl.yaml --nodes gpu[01-05] --gpus_per_node 8 --dry_run
     # extra arguments after `--` go to train_grpo.py:
     python launch_slurm.py --config recipes/justrl.yaml -- --output_dir /scratch/justrl --save_generation_steps 10
+    # a 3-node cluster on this one machine (scripts/slurm_local.sh), CPU nodes:
+    bash scripts/slurm_local.sh up 3 && export SLURM_CONF=$PWD/.cache/slurm/etc/slurm.conf
+    salloc -N3 python launch_slurm.py --config recipes/tiny.yaml
+
+GPU or CPU nodes, one command: with GPUs in the allocation (SLURM_GPUS_ON_NODE / --gpus-per-node, or
+--gpus_per_node) each training node runs one process per GPU under accelerate_configs/zero3.yaml and the server
+takes --vllm_tensor_parallel_size GPUs. Without GPUs each training node runs --cpu_processes_per_node processes
+(default 1: one process already uses every core) under accelerate_configs/cpu.yaml (gloo; a DeepSpeed config gets
+--mixed_precision no), and the server runs in float32 with a KV cache of --cpu_kv_cache_gib GiB (vLLM's CPU backend
+otherwise reserves 90% of the node's memory). Weights then reach the server through <output_dir>/vllm_weights
+(cpu_vllm.py), so output_dir must be on a filesystem every node sees, as checkpoints already require.
+
+Faults: every job step is watched once a second. When any step exits non-zero (a killed rank, a dead node, a
+reward past its time limit) or the server exits, every other step is cancelled at once (SIGTERM, then SIGKILL
+after the cluster's KillWait), so no rank waits in a collective for its 30-minute watchdog. The launcher then exits
+non-zero naming the node, the rank, the exit code, the step's log and the last checkpoint. Relaunching the same
+command starts a fresh server and resumes every process from that checkpoint, with the same data order. A server
+that exits before it is healthy is reported at once; one that never gets healthy after --server_timeout_s.
 
 vLLM and tensor parallelism: `trl vllm-serve` refuses data parallelism for dense models, so the server uses
---vllm_tensor_parallel_size GPUs of its node (it must divide the model's attention heads: 12 for the 1.5B models). When one server cannot keep up with the trainers, run the recipe with `--vllm_mode colocate`
-(every training GPU generates its own share, as veRL's hybrid engine does) on all nodes instead: --no_vllm_node.
+--vllm_tensor_parallel_size GPUs of its node (it must divide the model's attention heads: 12 for the 1.5B models).
+When one server cannot keep up with the trainers, run the recipe with `--vllm_mode colocate` (every training GPU
+generates its own share, as veRL's hybrid engine does) on all nodes instead: --no_vllm_node.
 """
 
 import argparse
@@ -22,6 +41,8 @@ import json
 import os
 import re
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,64 +50,300 @@ import urllib.request
 
 import yaml
 
+from plan import last_checkpoint
+
 
 def expand_nodelist(nodelist: str) -> list[str]:
-    """Slurm's compact host list ("gpu[01-03,07],head") as host names, without scontrol."""
+    """Slurm's compact host list as host names: `scontrol show hostnames` where Slurm is installed, else the same
+    expansion here ("gpu[01-03,07],head", "gpu[01-02]-ib", "r[1-2]n[1-2]")."""
+    if shutil.which("scontrol"):
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.split():
+            return out.stdout.split()
+    return _expand_hostlist(nodelist)
+
+
+def _expand_hostlist(nodelist: str) -> list[str]:
     hosts = []
-    for part in re.findall(r"[^,\[]+(?:\[[^\]]*\])?", nodelist):
-        match = re.fullmatch(r"(.*)\[(.*)\]", part)
-        if not match:
-            hosts.append(part)
-            continue
-        prefix, ranges = match.groups()
-        for item in ranges.split(","):
-            lo, _, hi = item.partition("-")
-            for i in range(int(lo), int(hi or lo) + 1):
-                hosts.append(f"{prefix}{i:0{len(lo)}d}")
+    for part in _split_top_level(nodelist):
+        hosts += _expand_one(part)
     return hosts
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split at the commas that are outside brackets."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    if depth != 0:
+        raise ValueError(f"host list {text!r}: unbalanced brackets")
+    return [p for p in parts + [current] if p]
+
+
+def _expand_one(name: str) -> list[str]:
+    """One host expression with any number of bracket groups: the product of the groups, in Slurm's order."""
+    match = re.search(r"\[([^\]]*)\]", name)
+    if not match:
+        return [name]
+    prefix, suffix, names = name[:match.start()], name[match.end():], []
+    for item in match.group(1).split(","):
+        lo, _, hi = item.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"host list {name!r}: {item!r} is not a number or a range of numbers")
+        for i in range(int(lo), int(hi or lo) + 1):
+            names += _expand_one(f"{prefix}{i:0{len(lo)}d}{suffix}")
+    return names
+
+
+def node_address(host: str) -> str:
+    """The address to reach `host` at: its NodeAddr in Slurm (node names need not resolve), else the name itself."""
+    if shutil.which("scontrol"):
+        out = subprocess.run(["scontrol", "show", "node", "-o", host], capture_output=True, text=True)
+        match = re.search(r"\bNodeAddr=(\S+)", out.stdout)
+        if out.returncode == 0 and match:
+            return match.group(1)
+    return host
+
+
+def allocation_gpus() -> int | None:
+    """GPUs per node of the current allocation: from Slurm's environment (--gpus-per-node), else the job's
+    TresPerNode (--gres=gpu:8); None when it names none."""
+    for key in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):
+        match = re.search(r"(\d+)$", os.environ.get(key, ""))  # "8" or "h100:8"
+        if match:
+            return int(match.group(1))
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and shutil.which("scontrol"):
+        out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+        match = re.search(r"TresPerNode=\S*?gpu(?::[\w.-]+)?:(\d+)", out)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def check_accelerate_config(path: str) -> None:
+    if not os.path.isfile(path):
+        known = sorted(os.listdir("accelerate_configs")) if os.path.isdir("accelerate_configs") else []
+        raise SystemExit(f"--accelerate_config {path}: no such file; use one of accelerate_configs/{known}.")
 
 
 def node_commands(hosts: list[str], config: str, recipe: dict, gpus_per_node: int, accelerate_config: str,
                   vllm_port: int = 8000, main_port: int = 29500, vllm_tp: int = 1, vllm_node: bool = True,
-                  extra: list[str] | None = None) -> list[dict]:
-    """One {host, role, command} per node: the last host serves vLLM (if vllm_node), the others train."""
+                  extra: list[str] | None = None, addresses: dict[str, str] | None = None, cpu: bool = False,
+                  cpu_kv_cache_gib: int = 1, log_dir: str = "logs", server_args: list[str] | None = None) -> list[dict]:
+    """One {host, role, rank, command, log} per node: the last host serves vLLM (if vllm_node), the others train.
+
+    gpus_per_node: training processes per node (GPUs, or CPU processes when cpu). addresses: host -> address for
+    the rendezvous and the server URL (default: the names). cpu: nodes without GPUs (float32 server, bounded KV).
+    server_args: appended to `trl vllm-serve` (a later flag wins)."""
     if len(hosts) < (2 if vllm_node else 1):
         raise ValueError(f"need at least {2 if vllm_node else 1} nodes (got {hosts}); "
-                         "with one node, start `trl vllm-serve` and accelerate by hand (README).")
+                         "with one node, start `trl vllm-serve` and accelerate by hand (README), or pass --no_vllm_node.")
+    addresses = addresses or {}
     trainers, server = (hosts[:-1], hosts[-1]) if vllm_node else (hosts, None)
     plan = []
     if server:
-        model = recipe["model_name_or_path"]
-        serve = ["trl", "vllm-serve", "--model", model, "--tensor_parallel_size", str(vllm_tp),
+        serve = ["trl", "vllm-serve", "--model", recipe["model_name_or_path"], "--tensor_parallel_size", str(vllm_tp),
                  "--host", "0.0.0.0", "--port", str(vllm_port)]
-        if recipe.get("vllm_max_model_length"):
-            serve += ["--max_model_len", str(recipe["vllm_max_model_length"])]
-        gpus = ",".join(str(i) for i in range(vllm_tp))
-        plan.append({"host": server, "role": "vllm", "command": f"CUDA_VISIBLE_DEVICES={gpus} " + shlex.join(serve)})
+        max_len = recipe.get("vllm_max_model_length")
+        if cpu:  # vLLM's CPU backend: the trainer's fp32 weights, a KV cache of a fixed size, not 90% of the RAM;
+            # eager: its torch.compile pass doubles a server's start-up (36 s -> 69 s for tiny.py's model)
+            max_len = max_len or (recipe.get("max_prompt_length", 1024) + recipe.get("max_completion_length", 256))
+            serve += ["--dtype", "float32", "--enforce_eager", "true"]
+            env = f"VLLM_CPU_KVCACHE_SPACE={cpu_kv_cache_gib}"
+        else:
+            env = "CUDA_VISIBLE_DEVICES=" + ",".join(str(i) for i in range(vllm_tp))
+        if max_len:
+            serve += ["--max_model_len", str(max_len)]
+        serve += list(server_args or [])
+        plan.append({"host": server, "role": "vllm", "rank": None, "command": f"{env} {shlex.join(serve)}",
+                     "log": os.path.join(log_dir, f"vllm-{server}.log")})
     for rank, host in enumerate(trainers):
         launch = ["accelerate", "launch", "--config_file", accelerate_config,
                   "--num_machines", str(len(trainers)), "--machine_rank", str(rank),
-                  "--main_process_ip", trainers[0], "--main_process_port", str(main_port),
-                  "--num_processes", str(len(trainers) * gpus_per_node),
-                  "train_grpo.py", "--config", config]
+                  "--main_process_ip", addresses.get(trainers[0], trainers[0]), "--main_process_port", str(main_port),
+                  "--num_processes", str(len(trainers) * gpus_per_node)]
+        if cpu and "deepspeed" in open(accelerate_config).read().lower():
+            launch += ["--mixed_precision", "no"]  # DeepSpeed on CPUs: the recipe's dtype, no bf16 engine
+        launch += ["train_grpo.py", "--config", config, "--use_vllm", "true"]
         if server:
-            launch += ["--vllm_mode", "server", "--vllm_server_host", server, "--vllm_server_port", str(vllm_port)]
+            launch += ["--vllm_mode", "server", "--vllm_server_host", addresses.get(server, server),
+                       "--vllm_server_port", str(vllm_port)]
         else:
             launch += ["--vllm_mode", "colocate"]
-        plan.append({"host": host, "role": f"train rank {rank}", "command": shlex.join(launch + (extra or []))})
+        plan.append({"host": host, "role": "train", "rank": rank, "command": shlex.join(launch + (extra or [])),
+                     "log": os.path.join(log_dir, f"train{rank}-{host}.log")})
     return plan
 
 
-def wait_for_server(host: str, port: int, timeout_s: float) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
+def with_overrides(recipe: dict, extra: list[str]) -> dict:
+    """The recipe as train_grpo.py will see it: `-- --key value` / `--key=value` arguments override its keys (the
+    launcher reads model_name_or_path, output_dir and the lengths from it)."""
+    recipe, i = dict(recipe), 0
+    while i < len(extra):
+        arg = extra[i]
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            recipe[key] = yaml.safe_load(value)
+        elif arg.startswith("--") and i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            recipe[arg[2:]] = yaml.safe_load(extra[i + 1])
+            i += 1
+        i += 1
+    return recipe
+
+
+def failed_rank(log_path: str) -> str | None:
+    """What torch.distributed.run printed about the first failed process ("rank 1 (local_rank 0), exit code -9")."""
+    try:
+        text = open(log_path, errors="replace").read()[-200_000:]
+    except OSError:
+        return None
+    rank = re.search(r"rank\s*:\s*(\d+) \(local_rank: (\d+)\)", text)
+    code = re.search(r"exitcode\s*:\s*(-?\d+)", text)
+    if not rank:
+        return None
+    signal_name = ""
+    if code and int(code.group(1)) < 0:
         try:
-            with urllib.request.urlopen(f"http://{host}:{port}/health/", timeout=5) as r:
-                if r.status == 200:
-                    return
+            signal_name = f" ({signal.Signals(-int(code.group(1))).name})"
+        except ValueError:
+            pass
+    return (f"rank {rank.group(1)} (local rank {rank.group(2)})"
+            + (f", exit code {code.group(1)}{signal_name}" if code else ""))
+
+
+def tail(path: str, lines: int = 25) -> str:
+    try:
+        return "".join(open(path, errors="replace").readlines()[-lines:])
+    except OSError as error:
+        return f"(no log: {error})"
+
+
+class Steps:
+    """The job steps this launcher started (one `srun` per node), watched and cancelled together."""
+
+    def __init__(self, workdir: str):
+        self.workdir, self.running = workdir, {}  # name -> (Popen, node dict)
+
+    def start(self, node: dict, env: dict | None = None) -> None:
+        name = f"{node['role']}{'' if node['rank'] is None else node['rank']}"
+        os.makedirs(os.path.dirname(os.path.abspath(node["log"])), exist_ok=True)
+        log = open(node["log"], "ab")
+        # --overlap: steps share the allocation's CPUs; --kill-on-bad-exit: a task that dies ends its own step.
+        cmd = ["srun", "--nodes=1", "--ntasks=1", f"--nodelist={node['host']}", f"--job-name={name}", "--overlap",
+               "--kill-on-bad-exit=1", "bash", "-c", f"cd {shlex.quote(self.workdir)} && exec env {node['command']}"]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+        log.close()
+        self.running[name] = (proc, node)
+        print(f"[launch] {node['host']}: {'vLLM server' if node['role'] == 'vllm' else 'training node ' + str(node['rank'])}"
+              f" -> log {node['log']}\n[launch]   {node['command']}", flush=True)
+
+    def poll(self) -> tuple[str, int, dict] | None:
+        """(name, exit code, node) of a step that has ended, removed from the running ones; None if none has."""
+        for name, (proc, node) in list(self.running.items()):
+            code = proc.poll()
+            if code is not None:
+                del self.running[name]
+                return name, code, node
+        return None
+
+    def stop_all(self, grace_s: float = 30.0) -> None:
+        """Cancel every running step: `scancel` of its step id where known (SIGTERM to every process of the step,
+        SIGKILL after KillWait), SIGTERM to its srun otherwise; srun's left after grace_s are killed."""
+        if not self.running:
+            return
+        job = os.environ.get("SLURM_JOB_ID")
+        step_ids = {}
+        if job:
+            out = subprocess.run(["squeue", "-h", "-s", "-j", job, "-o", "%i %j"], capture_output=True, text=True)
+            step_ids = {name: sid for sid, name in (line.split(maxsplit=1) for line in out.stdout.splitlines()
+                                                    if len(line.split()) == 2)}
+        for name, (proc, _) in self.running.items():
+            if name in step_ids:
+                subprocess.run(["scancel", "--quiet", step_ids[name]])
+            else:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.time() + grace_s
+        for name, (proc, _) in self.running.items():
+            try:
+                proc.wait(timeout=max(deadline - time.time(), 0.1))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.running.clear()
+
+
+def wait_for_server(steps: Steps, name: str, url: str, timeout_s: float) -> float:
+    """Seconds until `url`/health/ answers 200; fails at once if the server's step exits, or after timeout_s."""
+    start = time.time()
+    proc, node = steps.running[name]
+    while time.time() - start < timeout_s:
+        code = proc.poll()
+        if code is not None:
+            del steps.running[name]
+            raise RuntimeError(f"the vLLM server on {node['host']} exited with code {code} before it was healthy "
+                               f"({time.time() - start:.0f} s); last lines of {node['log']}:\n{tail(node['log'])}")
+        try:
+            with urllib.request.urlopen(f"{url}/health/", timeout=5) as response:
+                if response.status == 200:
+                    return time.time() - start
         except OSError:
-            time.sleep(10)
-    raise TimeoutError(f"vLLM server on {host}:{port} not healthy after {timeout_s:.0f} s; see its log.")
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the vLLM server on {node['host']} was not healthy at {url} after {timeout_s:.0f} s "
+                       f"(--server_timeout_s); last lines of {node['log']}:\n{tail(node['log'])}")
+
+
+def run(plan: list[dict], output_dir: str, server_url: str | None, server_timeout_s: float, poll_s: float = 1.0) -> None:
+    """Start the server, wait for it, start the trainers, and watch them all until they finish or one fails."""
+    steps = Steps(os.getcwd())
+    server = next((n for n in plan if n["role"] == "vllm"), None)
+    started = time.time()
+
+    def fail(message: str) -> None:
+        t = time.time()
+        steps.stop_all()
+        checkpoint = last_checkpoint(output_dir)
+        sys.exit(f"[launch] FAILED: {message}\n[launch] every other job step was stopped "
+                 f"({time.time() - t:.0f} s after the failure was seen, {t - started:.0f} s into the run). "
+                 f"Last checkpoint: {checkpoint or 'none yet (a relaunch starts over)'}. "
+                 "Relaunch the same command to resume from it.")
+
+    signal.signal(signal.SIGTERM, lambda *_: fail("the launcher received SIGTERM (job cancelled or time limit)"))
+    try:
+        if server:
+            steps.start(server)
+            try:
+                seconds = wait_for_server(steps, "vllm", server_url, server_timeout_s)
+            except RuntimeError as error:
+                fail(str(error))
+            print(f"[launch] vLLM server healthy at {server_url} after {seconds:.0f} s", flush=True)
+        for node in plan:
+            if node["role"] == "train":
+                steps.start(node)
+        while any(n["role"] == "train" for _, n in steps.running.values()):
+            ended = steps.poll()
+            if ended is None:
+                time.sleep(poll_s)
+                continue
+            name, code, node = ended
+            if node["role"] == "vllm":
+                fail(f"the vLLM server on {node['host']} exited with code {code} during training; last lines of "
+                     f"{node['log']}:\n{tail(node['log'])}")
+            if code != 0:
+                which = failed_rank(node["log"]) or "a process (no rank reported)"
+                fail(f"training node {node['rank']} ({node['host']}): {which}; its job step exited with code {code}. "
+                     f"Last lines of {node['log']}:\n{tail(node['log'])}")
+            print(f"[launch] training node {node['rank']} ({node['host']}) finished", flush=True)
+    finally:
+        steps.stop_all()
+    print(f"[launch] done in {time.time() - started:.0f} s; outputs in {output_dir}", flush=True)
 
 
 def main(argv=None):
@@ -96,41 +353,51 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="recipe YAML for train_grpo.py")
     parser.add_argument("--nodes", default=os.environ.get("SLURM_JOB_NODELIST"), help="host list (Slurm syntax)")
-    parser.add_argument("--gpus_per_node", type=int, default=int(os.environ.get("SLURM_GPUS_ON_NODE", "8")))
-    parser.add_argument("--accelerate_config", default="accelerate_configs/zero3.yaml")
+    parser.add_argument("--gpus_per_node", type=int, default=None,
+                        help="default: the allocation's (SLURM_GPUS_ON_NODE); none -> CPU nodes")
+    parser.add_argument("--cpu_processes_per_node", type=int, default=1, help="training processes per CPU node")
+    parser.add_argument("--cpu_kv_cache_gib", type=int, default=1, help="the vLLM server's KV cache on a CPU node")
+    parser.add_argument("--accelerate_config", default=None,
+                        help="default: accelerate_configs/zero3.yaml on GPU nodes, accelerate_configs/cpu.yaml on CPU nodes")
     parser.add_argument("--vllm_port", type=int, default=8000)
     parser.add_argument("--main_port", type=int, default=29500)
     parser.add_argument("--vllm_tensor_parallel_size", type=int, default=1)
     parser.add_argument("--no_vllm_node", action="store_true", help="all nodes train; vLLM colocated")
-    parser.add_argument("--server_timeout_s", type=float, default=1200)
+    parser.add_argument("--server_args", default="", help="extra arguments for `trl vllm-serve`, one string")
+    parser.add_argument("--server_timeout_s", type=float, default=1200,
+                        help="stop when the server is not healthy after this many seconds")
+    parser.add_argument("--log_dir", default=None, help="one log per node; default <output_dir>/logs")
     parser.add_argument("--dry_run", action="store_true", help="print each node's command and exit")
     args = parser.parse_args(argv)
     if not args.nodes:
-        parser.error("no nodes: run inside a Slurm allocation or pass --nodes")
+        parser.error("no nodes: run inside a Slurm allocation (salloc/sbatch) or pass --nodes")
+    if not os.path.isfile(args.config):
+        parser.error(f"--config {args.config}: no such file")
     with open(args.config) as f:
-        recipe = yaml.safe_load(f)
-    plan = node_commands(expand_nodelist(args.nodes), args.config, recipe, args.gpus_per_node,
-                         args.accelerate_config, args.vllm_port, args.main_port, args.vllm_tensor_parallel_size,
-                         not args.no_vllm_node, extra)
+        recipe = with_overrides(yaml.safe_load(f) or {}, extra)
+    gpus = args.gpus_per_node if args.gpus_per_node is not None else allocation_gpus()
+    if gpus is None and args.dry_run:
+        gpus = 8  # planning a GPU cluster from anywhere
+    cpu = not gpus
+    accelerate_config = args.accelerate_config or ("accelerate_configs/cpu.yaml" if cpu else "accelerate_configs/zero3.yaml")
+    check_accelerate_config(accelerate_config)
+    hosts = expand_nodelist(args.nodes)
+    addresses = {} if args.dry_run else {h: node_address(h) for h in hosts}
+    output_dir = str(recipe.get("output_dir", "outputs"))
+    plan = node_commands(hosts, args.config, recipe, args.cpu_processes_per_node if cpu else gpus, accelerate_config,
+                         args.vllm_port, args.main_port, args.vllm_tensor_parallel_size, not args.no_vllm_node,
+                         extra, addresses, cpu, args.cpu_kv_cache_gib, args.log_dir or os.path.join(output_dir, "logs"),
+                         shlex.split(args.server_args))
     if args.dry_run:
         for node in plan:
             print(json.dumps(node))
         return plan
-
-    srun = lambda host, cmd: subprocess.Popen(["srun", "--nodes=1", "--ntasks=1", f"--nodelist={host}",
-                                               "bash", "-c", f"cd {shlex.quote(os.getcwd())} && {cmd}"])
     server = next((n for n in plan if n["role"] == "vllm"), None)
-    server_proc = srun(server["host"], server["command"]) if server else None
-    try:
-        if server:
-            wait_for_server(server["host"], args.vllm_port, args.server_timeout_s)
-        trainers = [srun(n["host"], n["command"]) for n in plan if n["role"] != "vllm"]
-        codes = [p.wait() for p in trainers]
-    finally:
-        if server_proc:
-            server_proc.terminate()
-    if any(codes):
-        sys.exit(f"training failed on ranks {[i for i, c in enumerate(codes) if c]}; relaunch to resume.")
+    url = f"http://{addresses.get(server['host'], server['host'])}:{args.vllm_port}" if server else None
+    print(f"[launch] {len(hosts)} nodes ({'CPU' if cpu else f'{gpus} GPUs each'}): "
+          f"{sum(n['role'] == 'train' for n in plan)} training, {1 if server else 0} vLLM server; output_dir {output_dir}",
+          flush=True)
+    run(plan, output_dir, url, args.server_timeout_s)
     return plan
 
 

@@ -10,6 +10,8 @@ Pure functions: nothing here loads a model or data. The command that shows them 
     python train_grpo.py --config recipes/justrl.yaml --dry_run --world_size 32
 """
 
+import os
+import re
 from dataclasses import asdict
 
 NONFINITE_KEY = "nonfinite_grad_updates_skipped"  # logged: updates skipped for a NaN/inf gradient norm
@@ -110,3 +112,15 @@ def resolved_config(script_args, training_args, model_args, world_size: int) -> 
     derived["nonfinite_grad_norm"] = f"update skipped, optimizer and LR scheduler untouched; logged as {NONFINITE_KEY}"
     return {"training_args": config, "script_args": asdict(script_args), "model_args": asdict(model_args),
             "derived": derived}
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    """The newest complete `checkpoint-N` in output_dir, or None. transformers' get_last_checkpoint takes the highest
+    number even when a kill interrupted its writing; trainer_state.json is the last file a checkpoint gets, so a
+    folder without it is skipped (a relaunch resumes from the one before)."""
+    if not os.path.isdir(output_dir):
+        return None
+    done = [(int(m.group(1)), name) for name in os.listdir(output_dir)
+            if (m := re.fullmatch(r"checkpoint-(\d+)", name))
+            and os.path.isfile(os.path.join(output_dir, name, "trainer_state.json"))]
+    return os.path.join(output_dir, max(done)[1]) if done else None

@@ -23,7 +23,7 @@ How this departs from TRL's stock GRPOTrainer, and why:
   5. Logged besides TRL's metrics: accuracy (reward.py), fractions of tokens clipped low / high / by the dual clip,
      time per phase (generation, reward, update), and the dataset rows of every generation step
      (`<output_dir>/data_order/`), which shows that a resumed run neither skips nor repeats a prompt.
-  6. The update computes only real tokens (packing.py). TRL pads a process's whole generation to its longest response
+  6. The update computes only real tokens (grpo/packing.py). TRL pads a process's whole generation to its longest response
      and runs every micro-batch, and every old-policy / reference log-prob chunk, at that width: at JustRL's lengths
      1.9-3.4x the real tokens. Here each micro-batch and chunk is trimmed to its own longest prompt and response, and
      inside each optimizer update (each process, its own share) responses of similar length share a micro-batch
@@ -31,6 +31,11 @@ How this departs from TRL's stock GRPOTrainer, and why:
      the loss is a token mean over the update's tokens, so which micro-batch a response lands in does not matter, and
      the number and size of micro-batches per update are unchanged on every process. Logged per update:
      tokens/real, tokens/computed, tokens/padding_fraction.
+  7. Faults end the run instead of hanging it: a reward call longer than `reward_timeout_s` raises, naming the
+     reward and the rank (otherwise the other ranks wait at the next collective for its 30-minute watchdog); every
+     request to a vLLM server has `vllm_request_timeout_s` (TRL's client has none); a relaunch resumes from the newest
+     *complete* checkpoint (transformers takes the highest number, even one a kill cut short); a multi-process CPU
+     run reloads its optimizer state on "cpu" (transformers maps it to "cpu:0", which torch.load cannot restore).
 
 Commands:
     # the embedded CPU demo (builds a tiny model and data once, ~4 min on 2 cores)
@@ -48,9 +53,13 @@ Commands:
 A relaunch with the same output_dir resumes from its latest checkpoint (`--resume_from_checkpoint PATH` to choose).
 """
 
+import asyncio
+import functools
+import inspect
 import json
 import math
 import os
+import socket
 import sys
 import time
 from collections import defaultdict
@@ -59,12 +68,11 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import AutoTokenizer, get_scheduler
-from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
 
 from data import JUSTRL_SUFFIX, load_prompts
-from packing import regroup_update, token_counts, trim_micro_batch, trimmed_widths
-from plan import NONFINITE_KEY, derive_batch, precision_plan, resolved_config
+from grpo.packing import regroup_update, token_counts, trim_micro_batch, trimmed_widths
+from plan import NONFINITE_KEY, derive_batch, last_checkpoint, precision_plan, resolved_config
 
 
 
@@ -86,6 +94,9 @@ class ScriptArguments:
     # Rewards: names from reward.REWARDS or dotted paths; weights are GRPOConfig.reward_weights
     reward_funcs: list[str] = field(default_factory=lambda: ["dapo"])
     reward_kwargs: dict | str | None = field(default=None, metadata={"help": "{reward name: {arg: value}}"})
+    reward_timeout_s: float = field(default=900.0, metadata={
+        "help": "Longest one reward call (a process's batch) may take; past it the process stops with an error "
+                "naming the reward, instead of the other processes waiting at a collective for its watchdog."})
     # Held-out greedy accuracy before and after training, written to <output_dir>/summary.json
     heldout_file: str | None = None
     heldout_max_new_tokens: int = 64
@@ -110,10 +121,13 @@ class JustRLConfig(GRPOConfig):
     save_generation_steps: int | None = field(default=None, metadata={"help": "Sets save_steps (x updates)."})
     scheduler_per_generation: bool = field(default=False, metadata={"help": "veRL: LR steps once per generation."})
     seq_mean_loss: bool = field(default=False, metadata={"help": "Original GRPO: mean of per-sequence means."})
+    vllm_request_timeout_s: float = field(default=3600.0, metadata={
+        "help": "Longest any request to the vLLM server may take (a generation included); past it the trainer stops "
+                "with an error naming the server, instead of waiting on a dead or hung one."})
     weight_decay_all_params: bool = field(default=False, metadata={
         "help": "veRL: decay every parameter. false: transformers' Trainer exempts biases and norm weights."})
     group_update_by_length: bool = field(default=True, metadata={
-        "help": "Inside each update, micro-batches of responses of similar length (same gradient; packing.py)."})
+        "help": "Inside each update, micro-batches of responses of similar length (same gradient; grpo/packing.py)."})
 
     def __post_init__(self):
         updates = self.optimizer_updates_per_step
@@ -198,7 +212,7 @@ def policy_loss(logps, old_logps, advantages, mask, clip_low=0.2, clip_high=0.28
 
 
 class ClipHigherGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer whose loss is `policy_loss`, over micro-batches of real tokens (packing.py), with paper-unit LR
+    """GRPOTrainer whose loss is `policy_loss`, over micro-batches of real tokens (grpo/packing.py), with paper-unit LR
     scheduling and per-phase timing."""
 
     def __init__(self, *args, **kwargs):
@@ -207,8 +221,30 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
             from cpu_vllm import cpu_vllm_generation
         with cpu_vllm_generation(config.output_dir) if uses_cpu_vllm(config) else nullcontext():
             super().__init__(*args, **kwargs)
+        client = getattr(getattr(self, "vllm_generation", None), "vllm_client", None)
+        if client is not None:  # TRL's client sends its requests without a timeout: a hung server would block forever
+            bound_requests(client, self.args.vllm_request_timeout_s)
         self._phase_time = {"generation": 0.0, "reward": 0.0, "update": 0.0}
         self._nonfinite_skipped = None  # updates skipped for a non-finite gradient norm, counted from the run's start
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        # transformers maps a multi-process run's optimizer state to args.device, which for CPU processes is "cpu:N":
+        # a location torch.load cannot restore ("don't know how to restore data location ... cpu:0"). Map it to "cpu".
+        device = self.args.device
+        if checkpoint is None or device.type != "cpu" or device.index is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        load = torch.load
+
+        def load_on_cpu(*args, **kwargs):
+            if kwargs.get("map_location") == device:
+                kwargs["map_location"] = "cpu"
+            return load(*args, **kwargs)
+
+        torch.load = load_on_cpu
+        try:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        finally:
+            torch.load = load
 
     def get_decay_parameter_names(self, model):
         if self.args.weight_decay_all_params:  # veRL hands every actor parameter to AdamW with one weight decay
@@ -287,7 +323,7 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
             return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
                                                               batch_size, compute_entropy, compute_aux_loss, **multimodal)
         prompt_mask, completion_mask = attention_mask[:, :-logits_to_keep], attention_mask[:, -logits_to_keep:]
-        length = completion_mask.sum(1) * (prompt_mask.size(1) + 1) + prompt_mask.sum(1)  # as packing.group_by_length
+        length = completion_mask.sum(1) * (prompt_mask.size(1) + 1) + prompt_mask.sum(1)  # as grpo.packing.group_by_length
         order = torch.argsort(length, descending=True, stable=True)
         logps, entropies, aux = None, None, []
         for start in range(0, rows, batch_size):
@@ -435,6 +471,55 @@ def heldout_accuracy(model, tokenizer, dataset, max_new_tokens: int, batch_size:
     return correct / max(len(dataset), 1)
 
 
+def bound_requests(client, timeout_s: float) -> None:
+    """Every request `client` (TRL's VLLMClient) sends gets `timeout_s` unless it names its own; a timeout or a
+    refused connection raises, naming the server."""
+    request = client.session.request
+
+    def request_with_timeout(method, url, **kwargs):
+        kwargs.setdefault("timeout", timeout_s)
+        try:
+            return request(method, url, **kwargs)
+        except OSError as error:  # requests' ConnectionError and Timeout are OSErrors
+            raise RuntimeError(f"the vLLM server at {client.base_url} did not answer {method} {url} "
+                               f"({type(error).__name__}: {error}); timeout {kwargs['timeout']} s "
+                               "(vllm_request_timeout_s). Is it still running? Relaunch to resume from the last "
+                               "checkpoint.") from error
+
+    client.session.request = request_with_timeout
+
+
+def time_limited(reward_func, seconds: float):
+    """reward_func, raising a RuntimeError that names it when one call takes longer than `seconds` (recipe key
+    reward_timeout_s). A reward that hangs on one process would otherwise leave every other process waiting at the
+    next collective until its 30-minute watchdog; this process fails instead, and the launcher stops the rest."""
+    from reward import TimeLimitExceeded, run_with_time_limit
+
+    name = getattr(reward_func, "__name__", repr(reward_func))
+    message = (f"reward '{name}' did not return within reward_timeout_s={seconds:g} s on rank "
+               f"{os.environ.get('RANK', '0')} ({socket.gethostname()}); stopping so that no other process waits for "
+               "it. Fix or speed up the reward (or raise reward_timeout_s), then relaunch: the run resumes from its "
+               "last checkpoint.")
+    if inspect.iscoroutinefunction(reward_func):  # TRL awaits async rewards together
+        @functools.wraps(reward_func)
+        async def limited_async(*args, **kwargs):
+            try:
+                return await asyncio.wait_for(reward_func(*args, **kwargs), seconds)
+            except asyncio.TimeoutError:
+                raise RuntimeError(message) from None
+
+        return limited_async
+
+    @functools.wraps(reward_func)
+    def limited(*args, **kwargs):
+        try:
+            return run_with_time_limit(lambda: reward_func(*args, **kwargs), seconds)
+        except TimeLimitExceeded:
+            raise RuntimeError(message) from None
+
+    return limited
+
+
 def _import_function(path: str, key: str):
     """The function a recipe names by `module.function` (recipe key `key`); fails at start-up on a typo."""
     import importlib
@@ -483,7 +568,10 @@ def main(argv=None):
     reward_kwargs = dict(script_args.reward_kwargs or {})
     if "overlong" in script_args.reward_funcs:
         reward_kwargs.setdefault("overlong", {}).setdefault("max_completion_length", training_args.max_completion_length)
-    reward_funcs = load_reward_funcs(script_args.reward_funcs, reward_kwargs)
+    if not script_args.reward_timeout_s > 0:
+        raise ValueError(f"reward_timeout_s: {script_args.reward_timeout_s} must be > 0 seconds")
+    reward_funcs = [time_limited(f, script_args.reward_timeout_s)
+                    for f in load_reward_funcs(script_args.reward_funcs, reward_kwargs)]
     prepare = _import_function(script_args.prepare_assets, "prepare_assets") if script_args.prepare_assets else None
     if isinstance(script_args.prepare_kwargs, str):
         script_args.prepare_kwargs = json.loads(script_args.prepare_kwargs)
@@ -517,7 +605,7 @@ def main(argv=None):
     trainer = ClipHigherGRPOTrainer(model=model_args.model_name_or_path, reward_funcs=reward_funcs,
                                     args=training_args, train_dataset=train_ds, processing_class=tokenizer)
     out = training_args.output_dir
-    checkpoint = training_args.resume_from_checkpoint or (get_last_checkpoint(out) if os.path.isdir(out) else None)
+    checkpoint = training_args.resume_from_checkpoint or last_checkpoint(out)
     summary_path = os.path.join(out, "summary.json")
     summary = json.load(open(summary_path)) if checkpoint and os.path.exists(summary_path) else {}
     summary["data"] = counts

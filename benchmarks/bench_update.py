@@ -1,4 +1,4 @@
-"""Tokens the update phase computes, TRL's micro-batches vs ours (packing.py; project issue 14).
+"""Tokens the update phase computes, TRL's micro-batches vs ours (grpo/packing.py; project issue 14).
 
 TRL pads a process's whole generation batch to its longest response, shuffles it and cuts micro-batches without
 trimming them: every forward and backward runs over the generation's longest response. Ours trims each micro-batch to
@@ -106,7 +106,7 @@ def measure(scale, mean, micro=2, per_update=16, updates=4, seed=0):
     import torch
     from transformers import AutoModelForCausalLM
 
-    import packing
+    from grpo import packing
     from real_model import ensure_real_assets
 
     torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""One GPU, under 8 minutes: the update phase at JustRL's lengths, TRL's micro-batches vs ours (packing.py).
+"""One GPU, under 8 minutes: the update phase at JustRL's lengths, TRL's micro-batches vs ours (grpo/packing.py).
 
 A 1.5B model of DeepSeek-R1-Distill-Qwen-1.5B's architecture (Qwen2, config typed in below, random weights: no
 download) runs the trainer's update as train_grpo.py does on a GPU: policy_loss (read from train_grpo.py's source, so
@@ -148,7 +148,7 @@ def main():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     sys.path.insert(0, ROOT)
-    import packing
+    from grpo import packing
 
     device = torch.device("cpu" if args.smoke else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -3,6 +3,7 @@
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -13,30 +14,97 @@ from conftest import ROOT
 
 
 def test_expand_nodelist_reads_slurm_ranges_padding_and_plain_names():
-    assert ls.expand_nodelist("gpu[01-03,07],head") == ["gpu01", "gpu02", "gpu03", "gpu07", "head"]
-    assert ls.expand_nodelist("n[8-10]") == ["n8", "n9", "n10"]
-    assert ls.expand_nodelist("a,b") == ["a", "b"]
+    assert ls._expand_hostlist("gpu[01-03,07],head") == ["gpu01", "gpu02", "gpu03", "gpu07", "head"]
+    assert ls._expand_hostlist("n[8-10]") == ["n8", "n9", "n10"]
+    assert ls._expand_hostlist("a,b") == ["a", "b"]
+
+
+def test_expand_nodelist_keeps_suffixes_and_multiplies_several_bracket_groups():
+    assert ls._expand_hostlist("gpu[01-02]-ib") == ["gpu01-ib", "gpu02-ib"]
+    assert ls._expand_hostlist("gpu[01-02]-ib,login") == ["gpu01-ib", "gpu02-ib", "login"]
+    assert ls._expand_hostlist("r[1-2]n[08-09]") == ["r1n08", "r1n09", "r2n08", "r2n09"]
+    assert ls._expand_hostlist("c[9-10].cluster,x[1,3-4]y") == ["c9.cluster", "c10.cluster", "x1y", "x3y", "x4y"]
+    with pytest.raises(ValueError, match="unbalanced brackets"):
+        ls._expand_hostlist("gpu[01-02")
+    with pytest.raises(ValueError, match="'a-b' is not a number"):
+        ls._expand_hostlist("gpu[a-b]")
+
+
+@pytest.mark.skipif(shutil.which("scontrol") is None, reason="Slurm's scontrol not installed")
+def test_the_parser_expands_as_scontrol_does(tmp_path):
+    """Where this Slurm's scontrol accepts a list, both give the same hosts (Slurm 22.05 refuses suffixes after a
+    bracket, "gpu[01-02]-ib", which newer releases accept: expand_nodelist falls back to the parser for those)."""
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=parse\nSlurmctldHost=localhost\n")  # scontrol wants a config even to expand
+    compared = 0
+    for hosts in ("gpu[01-03,07],head", "gpu[01-02]-ib", "r[1-2]n[08-09]", "c[9-10].cluster,x[1,3-4]y", "n[8-10]"):
+        out = subprocess.run(["scontrol", "show", "hostnames", hosts], capture_output=True, text=True,
+                             env=dict(os.environ, SLURM_CONF=str(conf)))
+        if out.returncode == 0 and out.stdout.split():  # 22.05 says "Invalid hostlist" and may still exit 0
+            assert ls._expand_hostlist(hosts) == out.stdout.split(), hosts
+            compared += 1
+    assert compared >= 3
+
+
+def test_recipe_overrides_after_the_double_dash_reach_the_launcher():
+    recipe = ls.with_overrides({"model_name_or_path": "a", "output_dir": "o", "seed": 1},
+                               ["--output_dir", "/scratch/x", "--model_name_or_path=b", "--dry", "--seed", "3"])
+    assert recipe == {"model_name_or_path": "b", "output_dir": "/scratch/x", "seed": 3}  # a bare flag sets nothing
+
+
+def test_failed_rank_reads_torchrun_s_failure_summary(tmp_path):
+    log = tmp_path / "train1.log"
+    log.write_text("""Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-02_06:01:02
+  host      : vm
+  rank      : 3 (local_rank: 1)
+  exitcode  : -9 (pid: 4242)
+  error_file: <N/A>
+""")
+    assert ls.failed_rank(str(log)) == "rank 3 (local rank 1), exit code -9 (SIGKILL)"
+    log.write_text("  rank      : 0 (local_rank: 0)\n  exitcode  : 1 (pid: 7)\n")
+    assert ls.failed_rank(str(log)) == "rank 0 (local rank 0), exit code 1"
+    log.write_text("Traceback ... no summary")
+    assert ls.failed_rank(str(log)) is None
 
 
 RECIPE = {"model_name_or_path": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "vllm_max_model_length": 16384}
 
 
 def test_last_node_serves_vllm_and_the_others_train_with_one_rendezvous():
-    plan = ls.node_commands(["g1", "g2", "g3"], "recipes/justrl.yaml", RECIPE, 8, "accelerate_configs/zero3.yaml")
-    assert [(n["host"], n["role"]) for n in plan] == [("g3", "vllm"), ("g1", "train rank 0"), ("g2", "train rank 1")]
+    plan = ls.node_commands(["g1", "g2", "g3"], "recipes/justrl.yaml", RECIPE, 8, "accelerate_configs/zero3.yaml",
+                            log_dir="out/logs")
+    assert [(n["host"], n["role"], n["rank"]) for n in plan] == [("g3", "vllm", None), ("g1", "train", 0), ("g2", "train", 1)]
     assert plan[0]["command"] == ("CUDA_VISIBLE_DEVICES=0 trl vllm-serve --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B "
                                   "--tensor_parallel_size 1 --host 0.0.0.0 --port 8000 --max_model_len 16384")
+    assert [n["log"] for n in plan] == ["out/logs/vllm-g3.log", "out/logs/train0-g1.log", "out/logs/train1-g2.log"]
     rank1 = shlex.split(plan[2]["command"])
     assert rank1 == ["accelerate", "launch", "--config_file", "accelerate_configs/zero3.yaml", "--num_machines", "2",
                      "--machine_rank", "1", "--main_process_ip", "g1", "--main_process_port", "29500",
-                     "--num_processes", "16", "train_grpo.py", "--config", "recipes/justrl.yaml",
+                     "--num_processes", "16", "train_grpo.py", "--config", "recipes/justrl.yaml", "--use_vllm", "true",
                      "--vllm_mode", "server", "--vllm_server_host", "g3", "--vllm_server_port", "8000"]
 
 
+def test_cpu_nodes_get_a_float32_eager_server_with_a_bounded_kv_cache_and_node_addresses():
+    tiny = {"model_name_or_path": ".cache/tiny/sft", "max_prompt_length": 64, "max_completion_length": 32}
+    plan = ls.node_commands(["node1", "node2", "node3"], "recipes/tiny.yaml", tiny, 1, "accelerate_configs/zero3.yaml",
+                            addresses={"node1": "10.0.0.1", "node3": "10.0.0.3"}, cpu=True, cpu_kv_cache_gib=2,
+                            server_args=["--max_num_seqs", "64"])
+    assert plan[0]["command"] == ("VLLM_CPU_KVCACHE_SPACE=2 trl vllm-serve --model .cache/tiny/sft --tensor_parallel_size 1 "
+                                  "--host 0.0.0.0 --port 8000 --dtype float32 --enforce_eager true --max_model_len 96 "
+                                  "--max_num_seqs 64")
+    rank0 = plan[1]["command"]
+    assert "--main_process_ip 10.0.0.1" in rank0 and "--vllm_server_host 10.0.0.3" in rank0
+    assert "--num_processes 2 --mixed_precision no train_grpo.py" in rank0  # DeepSpeed on CPUs: no bf16 engine
+
+
 def test_colocated_generation_uses_every_node_for_training():
-    plan = ls.node_commands(["g1", "g2"], "r.yaml", RECIPE, 4, "z.yaml", vllm_node=False, extra=["--seed", "3"])
-    assert [n["role"] for n in plan] == ["train rank 0", "train rank 1"]
-    assert plan[1]["command"].endswith("--num_processes 8 train_grpo.py --config r.yaml --vllm_mode colocate --seed 3")
+    plan = ls.node_commands(["g1", "g2"], "r.yaml", RECIPE, 4, "accelerate_configs/zero3.yaml", vllm_node=False,
+                            extra=["--seed", "3"])
+    assert [n["role"] for n in plan] == ["train", "train"]
+    assert plan[1]["command"].endswith("--num_processes 8 train_grpo.py --config r.yaml --use_vllm true "
+                                       "--vllm_mode colocate --seed 3")
 
 
 def test_one_node_is_refused_with_a_pointer_to_the_readme():
@@ -44,11 +112,48 @@ def test_one_node_is_refused_with_a_pointer_to_the_readme():
         ls.node_commands(["g1"], "r.yaml", RECIPE, 8, "z.yaml")
 
 
+def _dry_run(*args, env=None):
+    cmd = [sys.executable, "launch_slurm.py", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env or dict(os.environ, PATH="/usr/bin:/bin"))
+
+
 def test_dry_run_prints_one_json_line_per_node_and_starts_nothing():
-    cmd = [sys.executable, "launch_slurm.py", "--config", "recipes/justrl.yaml", "--nodes", "gpu[01-05]",
-           "--gpus_per_node", "8", "--dry_run", "--", "--output_dir", "/scratch/run"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, env=dict(os.environ, PATH="/usr/bin:/bin"))
+    out = _dry_run("--config", "recipes/justrl.yaml", "--nodes", "gpu[01-05]", "--gpus_per_node", "8", "--dry_run",
+                   "--", "--output_dir", "/scratch/run")
+    assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [n["host"] for n in lines] == ["gpu05", "gpu01", "gpu02", "gpu03", "gpu04"]
     assert all(n["command"].endswith("--vllm_server_port 8000 --output_dir /scratch/run") for n in lines[1:])
     assert "--num_processes 32" in lines[1]["command"]  # 4 training nodes x 8 GPUs: JustRL's 32-GPU shape
+    assert lines[1]["log"] == "/scratch/run/logs/train0-gpu01.log"  # -- --output_dir moves the logs too
+
+
+def test_an_allocation_without_gpus_plans_cpu_nodes():
+    env = dict(os.environ, PATH="/usr/bin:/bin", SLURM_JOB_NODELIST="node[1-3]", SLURM_GPUS_PER_NODE="0")
+    out = _dry_run("--config", "recipes/tiny.yaml", "--dry_run", env=env)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert lines[0]["command"].startswith("VLLM_CPU_KVCACHE_SPACE=1 trl vllm-serve --model .cache/tiny/sft")
+    assert "--config_file accelerate_configs/cpu.yaml" in lines[1]["command"]
+    assert "--num_processes 2 train_grpo.py" in lines[1]["command"]
+
+
+def test_missing_config_and_unknown_accelerate_config_fail_before_anything_runs():
+    out = _dry_run("--config", "recipes/nope.yaml", "--nodes", "a,b", "--dry_run")
+    assert out.returncode != 0 and "--config recipes/nope.yaml: no such file" in out.stderr
+    out = _dry_run("--config", "recipes/tiny.yaml", "--nodes", "a,b", "--accelerate_config", "zero9.yaml", "--dry_run")
+    assert out.returncode != 0 and "--accelerate_config zero9.yaml: no such file" in out.stderr
+    assert "zero3.yaml" in out.stderr  # it lists the ones that exist
+
+
+def test_allocation_gpus_reads_slurm_s_environment(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    for key in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):
+        monkeypatch.delenv(key, raising=False)
+    assert ls.allocation_gpus() is None
+    monkeypatch.setenv("SLURM_GPUS_PER_NODE", "h100:4")
+    assert ls.allocation_gpus() == 4
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "8")
+    assert ls.allocation_gpus() == 8
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "0")
+    assert ls.allocation_gpus() == 0

@@ -1,10 +1,10 @@
-"""packing.py and the trainer's use of it: micro-batches trimmed and grouped by length, the same gradient as TRL's
+"""grpo/packing.py and the trainer's use of it: micro-batches trimmed and grouped by length, the same gradient as TRL's
 shuffled untrimmed order, and the logged token counts."""
 
 import pytest
 import torch
 
-import packing
+from grpo import packing
 
 
 def masks(prompt_lengths, completion_lengths, prompt_width=5, completion_width=8):

@@ -1,0 +1,114 @@
+"""Faults inside training, without Slurm: a reward that hangs on one process, a vLLM server that stops answering.
+
+    python -m pytest tests/test_faults.py -q
+
+The multi-node faults (a killed rank, a killed server, a relaunch that resumes) are in tests/test_slurm.py.
+"""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+
+import train_grpo as tg
+from conftest import ROOT
+
+HANG_REWARD = '''
+import os
+import time
+
+
+def hang_on_rank1(completions, **kwargs):
+    if os.environ.get("RANK") == "1":
+        time.sleep(3600)
+    return [0.0] * len(completions)
+'''
+
+
+def test_time_limited_reward_returns_its_value_or_raises_naming_the_reward():
+    def quick(completions, **kwargs):
+        return [1.0] * len(completions)
+
+    def slow(completions, **kwargs):
+        time.sleep(30)
+
+    assert tg.time_limited(quick, 1.0)(["a", "b"]) == [1.0, 1.0]
+    assert tg.time_limited(quick, 1.0).__name__ == "quick"  # TRL logs rewards by __name__
+    started = time.time()
+    with pytest.raises(RuntimeError, match=r"reward 'slow' did not return within reward_timeout_s=0.5 s on rank 0"):
+        tg.time_limited(slow, 0.5)(["a"])
+    assert time.time() - started < 5
+
+
+def test_async_rewards_stay_async_and_are_bounded_too():
+    import asyncio
+    import inspect
+
+    async def slow_async(completions, **kwargs):
+        await asyncio.sleep(30)
+
+    limited = tg.time_limited(slow_async, 0.2)
+    assert inspect.iscoroutinefunction(limited)
+    with pytest.raises(RuntimeError, match="reward 'slow_async' did not return within reward_timeout_s=0.2 s"):
+        asyncio.run(limited(["a"]))
+
+
+class _Silent(BaseHTTPRequestHandler):
+    """A server that accepts requests and never answers (a hung vLLM server)."""
+
+    def do_POST(self):
+        time.sleep(30)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_requests_to_a_hung_server_time_out_with_a_message_naming_it():
+    import requests
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Silent)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    class Client:  # the two attributes of TRL's VLLMClient that bound_requests uses
+        base_url = f"http://127.0.0.1:{server.server_address[1]}"
+        session = requests.Session()
+
+    client = Client()
+    tg.bound_requests(client, 1.0)
+    started = time.time()
+    with pytest.raises(RuntimeError, match=rf"the vLLM server at {client.base_url} did not answer POST .*timeout 1.0 s"):
+        client.session.post(f"{client.base_url}/v1/completions", json={})
+    assert time.time() - started < 10
+    server.shutdown()
+    server.server_close()
+    with pytest.raises(RuntimeError, match="ConnectionError"):  # a server that is gone: refused at once
+        client.session.post(f"{client.base_url}/v1/completions", json={})
+
+
+@pytest.mark.slow
+def test_a_reward_hanging_on_one_process_stops_both_processes_fast(tiny_assets, tmp_path):
+    (tmp_path / "hang_reward.py").write_text(HANG_REWARD)
+    config = yaml.safe_load(open(os.path.join(ROOT, "recipes", "tiny.yaml")))
+    config.update(prepare_kwargs={"tiny_dir": os.path.dirname(tiny_assets["model"])}, model_name_or_path=tiny_assets["model"],
+                  dataset_name=tiny_assets["train"], heldout_file=None, reward_funcs=["hang_reward.hang_on_rank1"],
+                  reward_kwargs=None, reward_weights=[1.0], reward_timeout_s=5, output_dir=str(tmp_path / "out"),
+                  report_to=[], log_completions=False, total_generation_steps=2)
+    recipe = tmp_path / "hang.yaml"
+    recipe.write_text(yaml.safe_dump(config))
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}:{ROOT}", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml",
+           "--main_process_port", "29531", "train_grpo.py", "--config", str(recipe)]
+    started = time.time()
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, start_new_session=True)
+    elapsed = time.time() - started
+    text = out.stdout + out.stderr
+    print(f"[faults] reward hanging on rank 1 (limit 5 s): both processes ended {elapsed:.0f} s after launch")
+    assert out.returncode != 0, text[-3000:]
+    assert "reward 'hang_on_rank1' did not return within reward_timeout_s=5 s on rank 1" in text, text[-3000:]
+    assert elapsed < 300  # start-up (~1 min on 2 busy cores) + one generation + 5 s, not a collective's 30 minutes

@@ -1,0 +1,339 @@
+"""launch_slurm.py on a real Slurm cluster: 3 nodes on this machine (scripts/slurm_local.sh), CPU nodes, tiny.py's model.
+
+    python -m pytest tests/test_slurm.py -q        # needs root (apt-get, slurmd); ~12 min on 2 cores
+
+JustRL's topology (2 training nodes with Accelerate's multi-machine rendezvous + 1 node serving `trl vllm-serve`)
+learns; a training process killed mid-run, then the server killed mid-run, each stop the whole job within 60 s with
+a message naming what died, and the relaunches resume with the uninterrupted run's data order; a server that never
+gets healthy stops the launcher after --server_timeout_s; ZeRO-3 across the two training nodes and --no_vllm_node run.
+After every launch no process of the job is left. Skipped where Slurm cannot be installed, except under CI, where
+that fails (tests/conftest.py).
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import ROOT, require
+
+pytestmark = pytest.mark.slow
+STEPS = 20           # generation steps of the uninterrupted run (30 gave 64.5% -> 92.0% held-out)
+KILLED_STEPS = 10    # generation steps of the interrupted run (its data order is the first 10 of the one above)
+
+
+def _free_base_port(count: int) -> int:
+    """A base port p with p .. p+count free on 127.0.0.1 (slurmctld + one slurmd per node)."""
+    for base in range(17817, 30000, 50):
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free ports for the local Slurm cluster")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    can_install = os.geteuid() == 0 and shutil.which("apt-get")
+    require(shutil.which("srun") is not None or bool(can_install), "Slurm is not installed and cannot be (needs root)")
+    directory = str(tmp_path_factory.mktemp("slurm"))
+    env = dict(os.environ, SLURM_LOCAL_DIR=directory, SLURM_LOCAL_PORT=str(_free_base_port(4)))
+    up = subprocess.run(["bash", "scripts/slurm_local.sh", "up", "3"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert up.returncode == 0, up.stdout + up.stderr
+    env["SLURM_CONF"] = os.path.join(directory, "etc", "slurm.conf")
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("SLURM_JOB_ID", None)
+    yield env
+    down = subprocess.run(["bash", "scripts/slurm_local.sh", "down"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert down.returncode == 0, down.stdout + down.stderr
+    pids = [line.split()[0] for line in subprocess.run(["ps", "-eo", "pid,args"], capture_output=True,
+                                                       text=True).stdout.splitlines() if directory in line]
+    assert not pids, f"daemons left after slurm_local.sh down: {pids}"
+
+
+@pytest.fixture(scope="module")
+def recipe(tiny_assets, tmp_path_factory):
+    """recipes/tiny.yaml on the test session's tiny assets, saving every 2 generation steps."""
+    config = yaml.safe_load(open(os.path.join(ROOT, "recipes", "tiny.yaml")))
+    config.update(prepare_kwargs={"tiny_dir": os.path.dirname(tiny_assets["model"])}, model_name_or_path=tiny_assets["model"],
+                  dataset_name=tiny_assets["train"], heldout_file=tiny_assets["test"], save_generation_steps=2,
+                  logging_steps=1, report_to=[], log_completions=False)
+    path = tmp_path_factory.mktemp("recipe") / "tiny_slurm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def job_processes(job_id: str) -> list[tuple[int, str, dict]]:
+    """(pid, command line, environment) of every process on this machine that belongs to Slurm job `job_id`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        env = dict(item.decode(errors="replace").split("=", 1) for item in environ if b"=" in item)
+        if env.get("SLURM_JOB_ID") == job_id:
+            found.append((int(pid), cmdline, env))
+    return found
+
+
+def step_leader(job_id: str, node: str) -> int:
+    """The PID of the process a job step runs on `node` (its task: started by slurmstepd, not by another task)."""
+    on_node = {pid for pid, _, env in job_processes(job_id) if env.get("SLURMD_NODENAME") == node}
+    leaders = [pid for pid in on_node if _parent(pid) not in on_node]
+    assert len(leaders) == 1, (node, job_processes(job_id))
+    return leaders[0]
+
+
+def _parent(pid: int) -> int:
+    return int(re.search(r"^PPid:\s+(\d+)", open(f"/proc/{pid}/status").read(), re.M).group(1))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+PORTS = ["--vllm_port", str(_free_port()), "--main_port", str(_free_port())]  # not 8000/29500: may be taken here
+RUNNING = []  # launches a failed test may leave running; stopped after each test
+
+
+@pytest.fixture(autouse=True)
+def stop_leftover_launches():
+    yield
+    while RUNNING:
+        launch = RUNNING.pop()
+        if launch.proc.poll() is None:  # SIGTERM: salloc gives the allocation back, the launcher cancels its steps
+            os.killpg(launch.proc.pid, signal.SIGTERM)
+            try:
+                launch.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(launch.proc.pid, signal.SIGKILL)
+                launch.proc.wait()
+
+
+class Launch:
+    """`salloc -N<nodes> python launch_slurm.py ...` in the background, its output in a file."""
+
+    def __init__(self, env, tmp_path, name, *args, nodes: int = 3):
+        self.log_path = tmp_path / f"{name}.log"
+        self.log = open(self.log_path, "w")
+        if "--" in args:  # launcher options before the recipe's
+            args = args[:args.index("--")] + tuple(PORTS) + args[args.index("--"):]
+        cmd = ["salloc", f"-N{nodes}", sys.executable, "launch_slurm.py", *args]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.job_id = None
+        RUNNING.append(self)
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def job(self) -> str:
+        deadline = time.time() + 60
+        while self.job_id is None and time.time() < deadline:
+            match = re.search(r"Granted job allocation (\d+)", self.output())
+            self.job_id = match.group(1) if match else None
+            time.sleep(0.2)
+        assert self.job_id, self.output()
+        return self.job_id
+
+    def wait(self, timeout_s: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise AssertionError(f"launcher still running after {timeout_s} s:\n{self.output()[-5000:]}")
+        finally:
+            self.log.close()
+
+    def assert_nothing_left(self) -> None:
+        deadline = time.time() + 20  # slurmd reaps a cancelled step's processes after KillWait (5 s)
+        while (left := job_processes(self.job())) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not left, f"processes of job {self.job_id} left running: {[(p, c[:120]) for p, c, _ in left]}"
+
+
+def wait_for(predicate, timeout_s: float, what: str, launch: Launch):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        assert launch.proc.poll() is None, f"launcher ended while waiting for {what}:\n{launch.output()[-5000:]}"
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}:\n{launch.output()[-5000:]}")
+
+
+def checkpoint_done(out, updates: int) -> bool:
+    return os.path.isfile(os.path.join(out, f"checkpoint-{updates}", "trainer_state.json"))
+
+
+def data_order(out) -> dict[int, dict[int, list]]:
+    """{rank: {global_step: row_ids}} from <out>/data_order/, checking that a step redone after a resume (its first
+    try was lost with the killed run) drew exactly the same rows."""
+    orders = {}
+    for name in sorted(os.listdir(os.path.join(out, "data_order"))):
+        rank = int(re.fullmatch(r"rank(\d+)\.jsonl", name).group(1))
+        steps = orders.setdefault(rank, {})
+        for line in open(os.path.join(out, "data_order", name)):
+            entry = json.loads(line)
+            previous = steps.setdefault(entry["global_step"], entry["row_ids"])
+            assert previous == entry["row_ids"], f"rank {rank} step {entry['global_step']} drew other rows on resume"
+    return orders
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cluster, recipe, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    out = str(tmp / "run")
+    launch = Launch(cluster, tmp, "launch", "--config", recipe, "--",
+                    "--output_dir", out, "--total_generation_steps", str(STEPS))
+    code = launch.wait(1500)
+    launch.assert_nothing_left()
+    return {"code": code, "output": launch.output(), "out": out}
+
+
+def test_justrl_topology_runs_and_learns(uninterrupted):
+    text = uninterrupted["output"]
+    assert uninterrupted["code"] == 0, text[-5000:]
+    out = uninterrupted["out"]
+    # the launcher says what runs on each node and where its log is
+    assert f"node3: vLLM server -> log {out}/logs/vllm-node3.log" in text
+    assert f"node1: training node 0 -> log {out}/logs/train0-node1.log" in text
+    assert f"node2: training node 1 -> log {out}/logs/train1-node2.log" in text
+    assert "--num_machines 2 --machine_rank 1 --main_process_ip 127.0.0.1" in text
+    assert "--dtype float32 --enforce_eager true --max_model_len 96" in text
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    print(f"[slurm] held-out greedy accuracy {summary['accuracy_before']:.3f} -> {summary['accuracy_after']:.3f} "
+          f"after {STEPS} generation steps")
+    assert summary["global_step"] == 2 * STEPS
+    assert summary["accuracy_after"] - summary["accuracy_before"] >= 0.10, summary
+    # both processes generated through the server, whose weights the trainer synced every step
+    server_log = open(os.path.join(out, "logs", "vllm-node3.log")).read()
+    assert server_log.count("POST /collective_rpc HTTP/1.1\" 200") >= STEPS
+    orders = data_order(out)
+    assert sorted(orders) == [0, 1] and all(len(steps) == STEPS for steps in orders.values())
+
+
+def _kill(pid: int) -> float:
+    os.kill(pid, signal.SIGKILL)
+    return time.time()
+
+
+def test_killed_rank_and_killed_server_stop_the_job_and_relaunches_resume_in_order(cluster, recipe, uninterrupted,
+                                                                                  tmp_path):
+    assert uninterrupted["code"] == 0
+    out = str(tmp_path / "run")
+    args = ["--config", recipe, "--", "--output_dir", out, "--total_generation_steps", str(KILLED_STEPS)]
+
+    # 1. SIGKILL rank 1's training process (node2) once checkpoint-4 (generation step 2) is written
+    launch = Launch(cluster, tmp_path, "first", *args)
+    wait_for(lambda: checkpoint_done(out, 4), 600, "checkpoint-4", launch)
+    rank1 = [pid for pid, cmd, env in job_processes(launch.job())
+             if env.get("RANK") == "1" and "TORCHELASTIC_RUN_ID" in env and "train_grpo.py" in cmd
+             and "accelerate" not in cmd.split()[0]]
+    assert len(rank1) == 1, job_processes(launch.job())
+    killed_at = _kill(rank1[0])
+    code = launch.wait(120)
+    detected_s = time.time() - killed_at
+    text = launch.output()
+    print(f"[slurm] training process killed: launcher exited {detected_s:.1f} s later")
+    assert code != 0 and detected_s < 60, text[-5000:]
+    failure = text[text.index("[launch] FAILED"):]
+    assert "training node 1 (node2): rank 1 (local rank 0), exit code -9 (SIGKILL)" in failure, failure
+    assert f"Last checkpoint: {out}/checkpoint-" in failure
+    launch.assert_nothing_left()
+
+    # 2. the relaunch resumes; SIGKILL the vLLM server once it has written a later checkpoint
+    launch = Launch(cluster, tmp_path, "second", *args)
+    resumed = wait_for(lambda: re.search(r"\[resume\] from (\S+)", open(f"{out}/logs/train0-node1.log").read()
+                                         if os.path.exists(f"{out}/logs/train0-node1.log") else ""),
+                       600, "the resume line", launch)
+    resumed_step = int(resumed.group(1).rsplit("-", 1)[1])
+    assert resumed_step >= 4
+    wait_for(lambda: checkpoint_done(out, resumed_step + 4), 600, f"checkpoint-{resumed_step + 4}", launch)
+    server = step_leader(launch.job(), "node3")
+    killed_at = _kill(server[0])
+    code = launch.wait(120)
+    detected_s = time.time() - killed_at
+    text = launch.output()
+    print(f"[slurm] vLLM server killed: launcher exited {detected_s:.1f} s later")
+    assert code != 0 and detected_s < 60, text[-5000:]
+    assert "the vLLM server on node3 exited with code" in text or "training node" in text, text[-5000:]
+    launch.assert_nothing_left()
+
+    # 3. the second relaunch, as a batch job this time (slurm/justrl.sbatch), starts a fresh server and finishes
+    batch_out = tmp_path / "batch.out"
+    batch = subprocess.run(["sbatch", "--wait", "-N3", "--gpus-per-node=0", f"--output={batch_out}",
+                            "slurm/justrl.sbatch", *args[:2], *PORTS, *args[2:]], cwd=ROOT, env=cluster,
+                           capture_output=True, text=True, timeout=900)
+    text = batch_out.read_text()
+    assert batch.returncode == 0, batch.stdout + batch.stderr + text[-5000:]
+    assert "[launch] 3 nodes (CPU): 2 training, 1 vLLM server" in text
+    assert open(f"{out}/logs/train0-node1.log").read().count("[resume] from") == 2  # both relaunches resumed
+    job = re.search(r"Submitted batch job (\d+)", batch.stdout).group(1)
+    assert not job_processes(job)
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["global_step"] == 2 * KILLED_STEPS
+
+    # the three runs together drew the uninterrupted run's prompts, step for step, on every rank
+    reference = data_order(uninterrupted["out"])
+    resumed_orders = data_order(out)
+    assert sorted(resumed_orders) == [0, 1]
+    for rank, steps in resumed_orders.items():
+        assert sorted(steps) == sorted(reference[rank])[:KILLED_STEPS]
+        assert steps == {step: reference[rank][step] for step in steps}
+
+
+def test_server_that_exits_at_start_or_never_gets_healthy_stops_the_launcher(cluster, recipe, tmp_path):
+    # a model path that does not exist: the server exits, and the launcher says so at once, with its log
+    launch = Launch(cluster, tmp_path, "bad_model", "--config", recipe, "--",
+                    "--output_dir", str(tmp_path / "bad"), "--model_name_or_path", str(tmp_path / "no_such_model"))
+    started = time.time()
+    assert launch.wait(300) != 0
+    text = launch.output()
+    assert "the vLLM server on node3 exited with code" in text and "before it was healthy" in text, text[-3000:]
+    assert "no_such_model" in text[text.index("[launch] FAILED"):]  # the server log's tail names the bad path
+    print(f"[slurm] server exiting at start: launcher exited after {time.time() - started:.1f} s")
+    launch.assert_nothing_left()
+
+    # a server slower than --server_timeout_s: stopped after it, with the tail of its log
+    launch = Launch(cluster, tmp_path, "slow", "--config", recipe, "--server_timeout_s", "3", "--",
+                    "--output_dir", str(tmp_path / "slow"))
+    started = time.time()
+    assert launch.wait(120) != 0
+    elapsed = time.time() - started
+    text = launch.output()
+    assert f"was not healthy at http://127.0.0.1:{PORTS[1]} after 3 s (--server_timeout_s)" in text, text[-3000:]
+    assert elapsed < 60
+    launch.assert_nothing_left()
+
+
+def test_zero3_across_nodes_with_vllm_colocated_on_every_node(cluster, recipe, tmp_path):
+    out = str(tmp_path / "run")
+    launch = Launch(cluster, tmp_path, "zero3", "--config", recipe, "--no_vllm_node",
+                    "--accelerate_config", "accelerate_configs/zero3.yaml", "--",
+                    "--output_dir", out, "--total_generation_steps", "2", "--heldout_file", "", nodes=2)
+    assert launch.wait(900) == 0, launch.output()[-5000:]
+    text = launch.output()
+    assert "2 nodes (CPU): 2 training, 0 vLLM server" in text
+    assert "--num_machines 2 --machine_rank 1" in text and "--mixed_precision no" in text
+    assert "--vllm_mode colocate" in text
+    launch.assert_nothing_left()
+    assert json.load(open(os.path.join(out, "summary.json")))["global_step"] == 4
+    assert sorted(data_order(out)) == [0, 1]
