@@ -23,7 +23,15 @@ How this departs from TRL's stock GRPOTrainer, and why:
   5. Logged besides TRL's metrics: accuracy (reward.py), fractions of tokens clipped low / high / by the dual clip,
      time per phase (generation, reward, update), and the dataset rows of every generation step
      (`<output_dir>/data_order/`), which shows that a resumed run neither skips nor repeats a prompt.
-  6. Faults end the run instead of hanging it: a reward call longer than `reward_timeout_s` raises, naming the
+  6. The update computes only real tokens (grpo/packing.py). TRL pads a process's whole generation to its longest response
+     and runs every micro-batch, and every old-policy / reference log-prob chunk, at that width: at JustRL's lengths
+     1.9-3.4x the real tokens. Here each micro-batch and chunk is trimmed to its own longest prompt and response, and
+     inside each optimizer update (each process, its own share) responses of similar length share a micro-batch
+     (`group_update_by_length`, on in every recipe): 1.0-1.3x (benchmarks/bench_update.py). The gradient is the same:
+     the loss is a token mean over the update's tokens, so which micro-batch a response lands in does not matter, and
+     the number and size of micro-batches per update are unchanged on every process. Logged per update:
+     tokens/real, tokens/computed, tokens/padding_fraction.
+  7. Faults end the run instead of hanging it: a reward call longer than `reward_timeout_s` raises, naming the
      reward and the rank (otherwise the other ranks wait at the next collective for its 30-minute watchdog); every
      request to a vLLM server has `vllm_request_timeout_s` (TRL's client has none); a relaunch resumes from the newest
      *complete* checkpoint (transformers takes the highest number, even one a kill cut short); a multi-process CPU
@@ -63,6 +71,7 @@ from transformers import AutoTokenizer, get_scheduler
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
 
 from data import JUSTRL_SUFFIX, load_prompts
+from grpo.packing import regroup_update, token_counts, trim_micro_batch, trimmed_widths
 from plan import NONFINITE_KEY, derive_batch, last_checkpoint, precision_plan, resolved_config
 
 
@@ -117,6 +126,8 @@ class JustRLConfig(GRPOConfig):
                 "with an error naming the server, instead of waiting on a dead or hung one."})
     weight_decay_all_params: bool = field(default=False, metadata={
         "help": "veRL: decay every parameter. false: transformers' Trainer exempts biases and norm weights."})
+    group_update_by_length: bool = field(default=True, metadata={
+        "help": "Inside each update, micro-batches of responses of similar length (same gradient; grpo/packing.py)."})
 
     def __post_init__(self):
         updates = self.optimizer_updates_per_step
@@ -201,7 +212,8 @@ def policy_loss(logps, old_logps, advantages, mask, clip_low=0.2, clip_high=0.28
 
 
 class ClipHigherGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer whose loss is `policy_loss`, with paper-unit LR scheduling and per-phase timing."""
+    """GRPOTrainer whose loss is `policy_loss`, over micro-batches of real tokens (grpo/packing.py), with paper-unit LR
+    scheduling and per-phase timing."""
 
     def __init__(self, *args, **kwargs):
         config = kwargs.get("args")
@@ -302,12 +314,49 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
             self._metrics[mode][name].append(total / max(count, 1.0))
         return loss
 
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **multimodal):
+        """TRL's log-prob pass; where TRL chunks a whole generation batch (old policy, reference model), each chunk
+        holds rows of similar length, trimmed to its own longest prompt and response (values at the cut padding: 0)."""
+        rows = input_ids.size(0)
+        if batch_size is None or batch_size >= rows or any(v is not None for v in multimodal.values()):
+            return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
+                                                              batch_size, compute_entropy, compute_aux_loss, **multimodal)
+        prompt_mask, completion_mask = attention_mask[:, :-logits_to_keep], attention_mask[:, -logits_to_keep:]
+        length = completion_mask.sum(1) * (prompt_mask.size(1) + 1) + prompt_mask.sum(1)  # as grpo.packing.group_by_length
+        order = torch.argsort(length, descending=True, stable=True)
+        logps, entropies, aux = None, None, []
+        for start in range(0, rows, batch_size):
+            idx = order[start:start + batch_size]
+            prompt, completion = trimmed_widths(prompt_mask[idx], completion_mask[idx])
+            cols = slice(prompt_mask.size(1) - prompt, prompt_mask.size(1) + completion)
+            chunk = super()._get_per_token_logps_and_entropies(model, input_ids[idx, cols], attention_mask[idx, cols],
+                                                               completion, None, compute_entropy, compute_aux_loss)
+            if logps is None:
+                logps = chunk[0].new_zeros((rows, logits_to_keep))
+                entropies = chunk[1].new_zeros((rows, logits_to_keep)) if compute_entropy else None
+            logps[idx, :completion] = chunk[0]
+            if compute_entropy:
+                entropies[idx, :completion] = chunk[1]
+            aux.append(chunk[2])
+        return logps, entropies, torch.stack(aux).mean() if compute_aux_loss else None
+
     def _prepare_inputs(self, generation_batch):
         buffered = self._buffered_inputs
         inputs = super()._prepare_inputs(generation_batch)
         if self.model.training and self._buffered_inputs is not buffered:  # a new generation, just split
+            self._buffered_inputs = self._pack_updates(self._buffered_inputs)
             self._count_update_tokens(self._buffered_inputs)
+            inputs = self._buffered_inputs[self._step % self.args.steps_per_generation]
         return inputs
+
+    def _pack_updates(self, micro_batches):
+        """TRL's shuffled micro-batches, each update's regrouped by length (group_update_by_length) and all trimmed to
+        their own longest prompt and response. An update keeps its responses and its number of micro-batches."""
+        if not self.args.group_update_by_length:
+            return [trim_micro_batch(mb) for mb in micro_batches]
+        g = self.args.gradient_accumulation_steps
+        return [mb for u in range(0, len(micro_batches), g) for mb in regroup_update(micro_batches[u:u + g])]
 
     def _count_update_tokens(self, micro_batches):
         """Give every micro-batch the global token count of the optimizer update it belongs to.
@@ -316,11 +365,15 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
         into update i // gradient_accumulation_steps on every process. TRL's "dapo" normaliser divides all of them by
         the generation's average update (num_items_in_batch / updates), which scales each update by its token
         count over the average's (benchmarks/bench_normaliser.py). One all-reduce per generation; reused for num_iterations."""
-        counts = torch.stack([mb["completion_mask"].sum() for mb in micro_batches]).float()
+        device = micro_batches[0]["completion_mask"].device
+        counts = torch.tensor([[mb["completion_mask"].sum().item(), *token_counts(mb)] for mb in micro_batches],
+                              dtype=torch.float64, device=device)
         counts = self.accelerator.reduce(counts, reduction="sum")
-        per_update = counts.view(-1, self.args.gradient_accumulation_steps).sum(-1)
+        per_update = counts.view(-1, self.args.gradient_accumulation_steps, 3).sum(1)
         for i, mb in enumerate(micro_batches):
-            mb["update_num_tokens"] = per_update[i // self.args.gradient_accumulation_steps]
+            mb["update_num_tokens"] = per_update[i // self.args.gradient_accumulation_steps, 0].float()
+        # (real, computed) prompt + response tokens of each update, all processes: logged when the update is done
+        self._update_tokens = per_update[:, 1:].tolist()
 
     def create_scheduler(self, num_training_steps, optimizer=None):
         if not self.args.scheduler_per_generation or self.lr_scheduler is not None:
@@ -382,6 +435,11 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
         if self._step % self.current_gradient_accumulation_steps == 0:  # one optimizer update done
             for phase, seconds in self._phase_time.items():
                 self._metrics["train"][f"time/{phase}_s"].append(seconds)
+            update = (self._step - 1) % self.args.steps_per_generation // self.current_gradient_accumulation_steps
+            real, computed = self._update_tokens[update]
+            self._metrics["train"]["tokens/real"].append(real)
+            self._metrics["train"]["tokens/computed"].append(computed)
+            self._metrics["train"]["tokens/padding_fraction"].append(1.0 - real / max(computed, 1.0))
             self._phase_time = dict.fromkeys(self._phase_time, 0.0)
         return loss
 

@@ -200,7 +200,7 @@ def test_each_micro_batch_carries_the_token_count_of_its_optimizer_update(tokeni
     trainer = tiny_trainer(tokenizer, tmp_path, gradient_accumulation_steps=2, steps_per_generation=4)
     masks = [torch.tensor([[1, 1, 0], [1, 0, 0]]), torch.tensor([[1, 1, 1], [1, 1, 1]]),
              torch.tensor([[1, 0, 0], [0, 0, 0]]), torch.tensor([[1, 1, 0], [1, 1, 1]])]
-    batches = [{"completion_mask": m} for m in masks]
+    batches = [{"prompt_mask": torch.ones(2, 1), "completion_mask": m} for m in masks]
     trainer._count_update_tokens(batches)
     assert [b["update_num_tokens"].item() for b in batches] == [9.0, 9.0, 6.0, 6.0]
 
@@ -592,6 +592,9 @@ class Probe(tg.ClipHigherGRPOTrainer):
         return result
 
 
+if os.environ.get("PROBE_TRL_ORDER"):  # TRL's micro-batches as they come: shuffled, padded to the generation's longest
+    Probe._pack_updates = lambda self, micro_batches: micro_batches
+    Probe._get_per_token_logps_and_entropies = tg.GRPOTrainer._get_per_token_logps_and_entropies
 tg.ClipHigherGRPOTrainer = Probe
 tg.main(sys.argv[1:])
 """
