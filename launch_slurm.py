@@ -89,6 +89,22 @@ def wait_for_server(host: str, port: int, timeout_s: float) -> None:
     raise TimeoutError(f"vLLM server on {host}:{port} not healthy after {timeout_s:.0f} s; see its log.")
 
 
+def check_accelerate_config(path: str) -> None:
+    """--accelerate_config must be an Accelerate config file: checked before any node starts."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "accelerate_configs")
+    known = ", ".join(f"accelerate_configs/{f}" for f in sorted(os.listdir(folder)) if f.endswith(".yaml"))
+    if not os.path.isfile(path):
+        raise SystemExit(f"--accelerate_config {path}: no such file; use one of {known} (or your own)")
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except yaml.YAMLError as error:
+        raise SystemExit(f"--accelerate_config {path}: not valid YAML ({error})") from None
+    if not isinstance(config, dict) or "distributed_type" not in config:
+        raise SystemExit(f"--accelerate_config {path}: not an Accelerate config (no distributed_type key); "
+                         f"use one of {known}, or write one with `accelerate config --config_file {path}`")
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -105,6 +121,7 @@ def main(argv=None):
     parser.add_argument("--server_timeout_s", type=float, default=1200)
     parser.add_argument("--dry_run", action="store_true", help="print each node's command and exit")
     args = parser.parse_args(argv)
+    check_accelerate_config(args.accelerate_config)
     if not args.nodes:
         parser.error("no nodes: run inside a Slurm allocation or pass --nodes")
     with open(args.config) as f:
