@@ -193,7 +193,10 @@ def check_recipe(recipe: dict, dataclass_types, source: str) -> None:
     Keys no dataclass has are left to the parser (it refuses them)."""
     fields = {}
     for cls in dataclass_types:
-        hints = typing.get_type_hints(cls)
+        try:
+            hints = typing.get_type_hints(cls)
+        except (NameError, TypeError):  # an annotation that does not resolve is left unchecked
+            hints = {}
         for f in dataclasses.fields(cls):
             fields.setdefault(f.name, hints.get(f.name, f.type))
     for key, value in recipe.items():
