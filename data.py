@@ -8,6 +8,7 @@ selected on and warm-started on is the same text. Nothing to run on its own; to 
     python -c "import data; print(data.build_prompt('What is 1+1?'))"
 """
 
+import json
 import os
 
 JUSTRL_SUFFIX = "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -65,13 +66,8 @@ def load_prompts(args, tokenizer, path: str | None = None):
                              f"its columns are {ds.column_names}.")
 
     def problem_and_answer(row, idx):
-        content, answer = _column(row, args.prompt_column), _column(row, args.answer_column)
-        if isinstance(content, list):  # chat format: the problem is the last user message
-            content = [m for m in content if m.get("role") == "user"][-1]["content"]
-        if not isinstance(content, str) or answer is None:
-            raise ValueError(f"{source}, row {idx}: no usable {'prompt' if answer is not None else 'answer'} in "
-                             f"column {args.prompt_column if answer is not None else args.answer_column!r}.")
-        return {"problem": content, "solution": str(answer), "row_id": idx}
+        return {"problem": row_problem(row, idx, args.prompt_column, source),
+                "solution": row_answer(row, idx, args.answer_column, source), "row_id": idx}
 
     counts = {"rows": len(ds)}
     ds = ds.map(problem_and_answer, with_indices=True, remove_columns=ds.column_names, num_proc=args.dataset_num_proc)
@@ -93,4 +89,41 @@ def load_prompts(args, tokenizer, path: str | None = None):
     before = len(ds)
     ds = ds.filter(lambda n: n <= args.max_prompt_length, input_columns="n_prompt_tokens").remove_columns("n_prompt_tokens")
     counts["too_long_dropped"], counts["kept"] = before - len(ds), len(ds)
+    if len(ds) == 0:
+        raise ValueError(f"{source}: no prompt left to train on ({json.dumps(counts)}): every prompt is longer than "
+                         f"max_prompt_length={args.max_prompt_length} tokens (chat template included); raise "
+                         "max_prompt_length or check prompt_column / system_prompt / prompt_suffix."
+                         if counts["rows"] else f"{source}: the dataset has no rows.")
     return ds, counts
+
+
+def row_problem(row, idx: int, column: str, source: str) -> str:
+    """The problem text of one row: a string, or in chat format the last user message. Errors name the row."""
+    content = _column(row, column)
+    where = f"{source}, row {idx}, column {column!r}"
+    if isinstance(content, list):  # chat format: the problem is the last user message
+        users = [m for m in content if isinstance(m, dict) and m.get("role") == "user"]
+        if not users:
+            roles = [m.get("role") if isinstance(m, dict) else type(m).__name__ for m in content]
+            raise ValueError(f"{where}: a chat prompt without a user message (roles {roles}); each chat prompt "
+                             "needs a {'role': 'user', 'content': <problem>} message.")
+        content = users[-1].get("content")
+    if not isinstance(content, str):
+        raise ValueError(f"{where}: the prompt is {type(content).__name__}, expected the problem text or a list "
+                         "of chat messages (set prompt_column to the column that holds it).")
+    if not content.strip():
+        raise ValueError(f"{where}: the prompt is empty; remove the row or fill in the problem.")
+    return content
+
+
+def row_answer(row, idx: int, column: str, source: str) -> str:
+    """The ground truth of one row as a string (numbers are converted). Errors name the row."""
+    answer = _column(row, column)
+    where = f"{source}, row {idx}, column {column!r}"
+    if isinstance(answer, (list, dict)):
+        raise ValueError(f"{where}: the ground truth is a {type(answer).__name__} ({str(answer)[:80]}); store it as "
+                         "a string (code test cases: a JSON string, json.dumps(tests)).")
+    if answer is None or not str(answer).strip():
+        raise ValueError(f"{where}: no ground truth (empty or missing); remove the row or fill in the answer "
+                         "(answer_column names the column, dotted for nesting).")
+    return str(answer)

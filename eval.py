@@ -145,6 +145,12 @@ class EvalArgs:
     plot_runs: list[str] = field(default_factory=list, metadata={"help": "run dirs to plot against step"})
     steps: list[int] = field(default_factory=list, metadata={"help": "steps for --plot_runs/--models"})
 
+    def __post_init__(self):
+        if self.n_samples is not None and self.n_samples < 1:
+            raise ValueError(f"--n_samples {self.n_samples}: must be at least 1 (leave it out for each benchmark's k)")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit {self.limit}: must be at least 1 (leave it out for every problem)")
+
 
 # ---------------------------------------------------------------- benchmarks
 
@@ -188,7 +194,8 @@ def rows_to_problems(name: str, df, source: str, question_col: str | None = None
     def need(*names):
         for col in names:
             if col not in cols:
-                raise KeyError(f"{source}: no column '{col}' (columns: {sorted(cols)})")
+                raise ValueError(f"{source}: no column '{col}' (columns: {sorted(cols)}); name the question and "
+                                 f"answer columns: --extra {name}={source}:QUESTION_COLUMN:ANSWER_COLUMN")
 
     if question_col or answer_col:
         need(question_col, answer_col)
@@ -216,6 +223,8 @@ def parse_extra(spec: str) -> tuple[str, str, str | None, str | None, int | None
         raise ValueError(f"--extra {spec!r}: expected NAME=path.jsonl:question_col:answer_col[:n_samples] "
                          "or NAME=path in the verl or MathArena schema")
     parts += [None] * (4 - len(parts))
+    if parts[3] is not None and (not parts[3].isdigit() or int(parts[3]) < 1):
+        raise ValueError(f"--extra {spec!r}: n_samples {parts[3]!r} must be a whole number, at least 1")
     return name, parts[0], parts[1], parts[2], int(parts[3]) if parts[3] else None
 
 
@@ -450,9 +459,39 @@ def evaluate(args: EvalArgs, model: str, output_dir: Path) -> dict | None:
     return results
 
 
+def check_model(model: str, backend: str) -> None:
+    """A model that is neither a directory nor a Hub id this machine can reach fails before anything is written."""
+    if backend == "openai" or os.path.isdir(model):
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", model) is not None and not model.startswith((".", "~"))
+    if hub_id and (not constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(model, "config.json"), str)):
+        return
+    raise FileNotFoundError(f"model {model}: {'a file, not' if os.path.isfile(model) else 'no such'} directory"
+                            + (", and not in the local Hub cache (HF_HUB_OFFLINE=1)" if hub_id else "")
+                            + "; give a checkpoint directory (one that holds config.json) or a Hub id")
+
+
+def check_inputs(args: EvalArgs) -> None:
+    """Models and local benchmark files (columns included) checked before any output is written."""
+    if args.regrade:
+        return
+    for model in ([args.model] if args.model else []) + args.models:
+        check_model(model, args.backend)
+    extras = {e[0] for e in map(parse_extra, args.extra)}
+    for name in args.benchmarks:
+        if name in extras or (args.data_dir and name in BENCHMARKS):
+            load_benchmark(name, args)
+
+
 def main(argv: list[str] | None = None) -> None:
     from trl import TrlParser
 
+    from plan import check_config_file
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    check_config_file(argv, (EvalArgs,))
     (args,) = TrlParser(EvalArgs).parse_args_and_config(argv)
     out = Path(args.output_dir)
     if args.plot_runs:
@@ -462,10 +501,12 @@ def main(argv: list[str] | None = None) -> None:
     elif args.models:
         dirs = [str(out / Path(m.rstrip("/")).name) for m in args.models]
         eval_report.run_steps(dirs, args.steps or None)  # fail before generating: the plot needs every step
+        check_inputs(args)
         for model, run_dir in zip(args.models, dirs):
             evaluate(args, model, Path(run_dir))
         eval_report.plot_runs(dirs, out / "accuracy_vs_step.png", args.steps or None)
     elif args.model or args.regrade:
+        check_inputs(args)
         evaluate(args, args.model, out)
     else:
         raise SystemExit("nothing to do: pass --model, --models, --regrade or --plot_runs")

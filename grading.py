@@ -25,7 +25,7 @@ never accepts an answer that is only close. Layers, fastest first; a layer that 
      precision: the prediction must round to it at the reference's last stated digit (half up), so
      "1.6" accepts 1.62 and 8/5 but not 1.5 or 2, and "0.33" accepts 1/3. Integers and fractions are
      exact: "\\frac{1}{3}" rejects 0.33 and 0.333333. A mixed number is a whole answer `2\\frac{1}{2}`
-     with a proper fraction (the MATH convention).
+     or `2 1/2` with a proper fraction (the MATH convention).
   3. Symbols (grading_symbolic.equal), in a forked child process that is killed after `timeout_s`:
      latex2sympy2_extended parses each atom, conservatively (see that module: `\\gamma` is a symbol,
      juxtaposition is multiplication, a parse that could lose information is refused), and

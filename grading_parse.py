@@ -167,6 +167,10 @@ UNIT_WORDS = set(
     " deg degree rad radian ml liter litre gallon quart pint cup dollar cent euro percent unit sq square"
     " cubic ev kev mev gev erg joule watt kw newton pa hz khz mhz ghz nm au pc kpc mpc ly".split()
 )
+# Percent written as a word ("50 pct", "50 per cent", "5 percentage points") is the unit of "50\\%".
+PERCENT_WORDS = re.compile(r"(?<![a-zA-Z\\])(?:per\s*cent|pct\.?)(?![a-zA-Z])")
+PERCENT_SIGN = re.compile(r"\s*\\?%\s*$")
+PERCENT_UNITS = {"percent", "percentage", "percentagepoint", "pct"}
 TRIG_DEGREES = re.compile(r"(\d+(?:\.\d+)?|\{[^{}]*\})\s*(?:" + DEGREES.pattern + ")")
 TEXT_ONLY = re.compile(r"\s*\\(?:text|mbox|textrm|textnormal|mathrm)\s*\{[^{}]*\}\s*")
 
@@ -185,7 +189,7 @@ def normalize(atom: str) -> tuple[str, str]:
     trigonometric function, where they become radians: "\\sin 30^\\circ" is 1/2, not sin(30)."""
     if re.search(r"\\(?:sin|cos|tan|cot|sec|csc)(?![a-zA-Z])", atom):
         atom = TRIG_DEGREES.sub(r"(\1\\cdot\\frac{\\pi}{180})", atom)
-    atom = DEGREES.sub("", atom)
+    atom = DEGREES.sub("", PERCENT_WORDS.sub("percent", atom))
     text_only = TEXT_ONLY.fullmatch(atom) is not None
     blocks = [m for m in UNIT_BLOCK.finditer(atom) if re.search(r"[a-zA-Z]", m.group(1)) and m.group(1).strip() not in ("i", "e")]
     # A unit trails the value: "\frac{3}{2}\mathrm{k}T" and "m_\mathrm{p}" name quantities, they are no units.
@@ -198,6 +202,9 @@ def normalize(atom: str) -> tuple[str, str]:
     if blocks and re.search(r"\w", rest.replace("\\$", "").replace("\\%", "")):
         unit, atom = " ".join(m.group(1) + (m.group(2) or "") for m in blocks), re.sub(r"(?:\s|/|\\cdot)*$", "", rest)
     atom = UNIT_BLOCK.sub(lambda m: m.group(1) + (m.group(2) or ""), atom)
+    percent = PERCENT_SIGN.search(atom)
+    if percent and not unit and atom[: percent.start()].strip():  # "50\%" is 50 in the unit percent
+        atom, unit = atom[: percent.start()], "percent"
     words = TRAILING_UNIT_WORDS.match(atom.strip())
     if words and not unit and _is_unit(words.group(3), spaced=bool(words.group(2))):
         atom, unit = words.group(1), words.group(3) + (words.group(4) or "")
@@ -213,7 +220,7 @@ def normalize(atom: str) -> tuple[str, str]:
     unit = re.sub(r"(?:square|sq)\s+(\w+)", r"\1^2", unit)
     unit = re.sub(r"cubic\s+(\w+)", r"\1^3", unit)
     unit = re.sub(r"(?<=[a-z]{2})s(?=\^|$)", "", re.sub(r"[\s{}\\]", "", unit))  # a plural; "s" is seconds
-    return value, unit
+    return value, "percent" if unit in PERCENT_UNITS else unit
 
 
 # ---------------------------------------------------------------- numbers (layer 2)
@@ -240,7 +247,8 @@ def to_number(value: str) -> tuple[Fraction, Fraction | None] | None:
         sign, num, den = (m.group(1), m.group(2), m.group(3)) if m.group(2) else (m.group(4), m.group(5), m.group(6))
         if Fraction(den) != 0:
             return (-1 if sign else 1) * Fraction(num) / Fraction(den), None
-    m = re.fullmatch(r"(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}", value)  # mixed number 1\frac{4}{5}; 2\frac{3}{2} is not
+    # A mixed number, 1\frac{4}{5} or "1 4/5" (the space kept by normalize); 2\frac{3}{2} and "2 3/2" are not.
+    m = re.fullmatch(r"(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}", value) or re.fullmatch(r"(-?)(\d+) (\d+)/(\d+)", value)
     if m and 0 < int(m.group(3)) < int(m.group(4)):
         whole = int(m.group(2)) + Fraction(int(m.group(3)), int(m.group(4)))
         return (-whole if m.group(1) else whole), None

@@ -47,7 +47,19 @@ MIXED = re.compile(r"(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}")
 JUXTAPOSED_FRACTION = re.compile(r"(?<![\d.^_])\d+\\frac\{\d+\}\{\d+\}")
 SPACED_DIGITS = re.compile(r"(?<![\d.^_])\d+ \d")
 NUMBER_SUBSCRIPT = re.compile(r"(?<![a-zA-Z\\])\d+\s*_")
-GAMMA = re.compile(r"\\(gamma|Gamma)(?![a-zA-Z])")
+# \gamma with its subscript, if any: \gamma_0 and \gamma_{0} are the symbol gamma_0, \gamma_{12} is gamma_{12}.
+GAMMA = re.compile(r"\\(gamma|Gamma)(?![a-zA-Z])(?:\s*_\s*(?:\{\s*(\w+)\s*\}|(\w)))?")
+# Spellings of one subscripted symbol that the grammar reads as different symbols or fails on: {v}_0, m_{\rm e},
+# m_{\mathrm{e}}, m_\mathrm{e}, v_0{}^2 become v_0, m_{e}, m_{e}, m_{e}, v_0^2; a one-letter subscript is braced
+# (m_e c: the grammar fails on "_e", a TeX subscript is one letter). v_0 and v_{0} already parse alike.
+SUBSCRIPT_SPELLINGS = [
+    (re.compile(r"(?<![a-zA-Z])\{\s*([A-Za-z]|\\[a-zA-Z]+)\s*\}(?=\s*_)"), r"\1"),
+    (re.compile(r"_\s*\{\s*\\(?:mathrm|textrm|text|mathit)\s*\{\s*(\w+)\s*\}\s*\}"), r"_{\1}"),
+    (re.compile(r"_\s*\{\s*\\(?:rm|it)(?![a-zA-Z])\s*(\w+)\s*\}"), r"_{\1}"),
+    (re.compile(r"_\s*\\(?:mathrm|textrm|text|mathit)\s*\{\s*(\w+)\s*\}"), r"_{\1}"),
+    (re.compile(r"_\s*([a-zA-Z])"), r"_{\1}"),
+    (re.compile(r"(?<=[\w}])\s*\{\s*\}(?=\s*[_^])"), ""),
+]
 
 
 class Refused(ValueError):
@@ -87,6 +99,11 @@ def _real_odd_roots(expr):
     return expr.replace(is_negative_odd_root, real_root)
 
 
+def _gamma_symbol(m: re.Match) -> str:
+    sub = m.group(2) or m.group(3)
+    return f"\\variable{{{m.group(1)}" + ("" if not sub else f"_{sub}" if len(sub) == 1 else f"_{{{sub}}}") + "}"
+
+
 @lru_cache(maxsize=256)  # an atom of a list is compared with every atom of the other list
 def to_sympy(latex: str):
     """A normalised atom -> a sympy object, or Refused when the parse could lose information."""
@@ -99,7 +116,9 @@ def to_sympy(latex: str):
         raise Refused("digits separated by a space")
     if NUMBER_SUBSCRIPT.search(latex):
         raise Refused("a subscript on a number, which the grammar drops")
-    latex = GAMMA.sub(r"\\variable{\1}", latex)
+    for pattern, replacement in SUBSCRIPT_SPELLINGS:
+        latex = pattern.sub(replacement, latex)
+    latex = GAMMA.sub(_gamma_symbol, latex)
     expr = _Parser(config=CONVERSION).parse(latex)
     if isinstance(expr, (sympy.Basic, sympy.MatrixBase)):
         if expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):

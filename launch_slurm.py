@@ -126,12 +126,6 @@ def allocation_gpus() -> int | None:
     return None
 
 
-def check_accelerate_config(path: str) -> None:
-    if not os.path.isfile(path):
-        known = sorted(os.listdir("accelerate_configs")) if os.path.isdir("accelerate_configs") else []
-        raise SystemExit(f"--accelerate_config {path}: no such file; use one of accelerate_configs/{known}.")
-
-
 def node_commands(hosts: list[str], config: str, recipe: dict, gpus_per_node: int, accelerate_config: str,
                   vllm_port: int = 8000, main_port: int = 29500, vllm_tp: int = 1, vllm_node: bool = True,
                   extra: list[str] | None = None, addresses: dict[str, str] | None = None, cpu: bool = False,
@@ -367,6 +361,22 @@ def run(plan: list[dict], output_dir: str, server_url: str | None, server_timeou
     finally:
         steps.stop_all()
     print(f"[launch] done in {time.time() - started:.0f} s; outputs in {output_dir}", flush=True)
+
+
+def check_accelerate_config(path: str) -> None:
+    """--accelerate_config must be an Accelerate config file: checked before any node starts."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "accelerate_configs")
+    known = ", ".join(f"accelerate_configs/{f}" for f in sorted(os.listdir(folder)) if f.endswith(".yaml"))
+    if not os.path.isfile(path):
+        raise SystemExit(f"--accelerate_config {path}: no such file; use one of {known} (or your own)")
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except yaml.YAMLError as error:
+        raise SystemExit(f"--accelerate_config {path}: not valid YAML ({error})") from None
+    if not isinstance(config, dict) or "distributed_type" not in config:
+        raise SystemExit(f"--accelerate_config {path}: not an Accelerate config (no distributed_type key); "
+                         f"use one of {known}, or write one with `accelerate config --config_file {path}`")
 
 
 def main(argv=None):

@@ -4,14 +4,22 @@
                       batch, gradient accumulation and steps_per_generation; an impossible cluster shape fails here
     precision_plan    for one launch mode, the dtype the policy loads in and where its fp32 master weights live
     resolved_config   everything a run would use, as the JSON that `--dry_run` prints
+    check_config_file a `--config` recipe that is missing, not a YAML mapping, or holds a value of the wrong type
+                      ("32" for a number, a string for a list) fails here, naming the key, before anything loads
+    json_option       `--reward_kwargs` / `--prepare_kwargs` given as JSON text -> a dict, or an error naming the flag
 
 Pure functions: nothing here loads a model or data. The command that shows them for a recipe and a cluster shape:
 
     python train_grpo.py --config recipes/justrl.yaml --dry_run --world_size 32
 """
 
+import dataclasses
+import enum
+import json
 import os
 import re
+import types
+import typing
 from dataclasses import asdict
 
 NONFINITE_KEY = "nonfinite_grad_updates_skipped"  # logged: updates skipped for a NaN/inf gradient norm
@@ -124,3 +132,131 @@ def last_checkpoint(output_dir: str) -> str | None:
             if (m := re.fullmatch(r"checkpoint-(\d+)", name))
             and os.path.isfile(os.path.join(output_dir, name, "trainer_state.json"))]
     return os.path.join(output_dir, max(done)[1]) if done else None
+
+
+# ---------------------------------------------------------------- checking a recipe before anything loads
+
+# PyYAML (YAML 1.1) reads 5e-5 without a dot as a string; argparse then converts it: such a string is a number.
+_YAML_EXPONENT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
+def _type_ok(value, annotation) -> bool | None:
+    """Does a YAML value fit a dataclass field's annotation? None where the annotation is not checked here."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is typing.Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        verdicts = [_type_ok(value, a) for a in args]
+        return True if True in verdicts else None if None in verdicts else False
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
+            isinstance(value, str) and _YAML_EXPONENT.fullmatch(value) is not None)
+    if annotation is str:
+        return isinstance(value, str)
+    if annotation is list or origin is list:
+        if not isinstance(value, list):
+            return False
+        verdicts = [_type_ok(v, args[0]) for v in value] if args else []
+        return False if False in verdicts else True
+    if annotation is dict or origin is dict:
+        return isinstance(value, dict)
+    if origin is typing.Literal:
+        return value in args
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return None  # the parser lists the allowed values itself
+    return None
+
+
+def _type_name(annotation) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null",
+             list: "a list", dict: "a mapping"}
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) is list:
+        return f"a list of {_type_name(typing.get_args(annotation)[0]).removeprefix('a ').removeprefix('an ')}s"
+    if typing.get_origin(annotation) is dict:
+        return "a mapping"
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _fix_hint(value, annotation) -> str:
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        if not isinstance(parsed, str) and _type_ok(parsed, annotation):
+            return f"; write it without quotes: {json.dumps(parsed)}"
+        if _type_ok([value], annotation):
+            return f"; write a list: [{value}]"
+    if isinstance(value, list) and len(value) == 1 and _type_ok(value[0], annotation):
+        return f"; write the value itself, not a list: {json.dumps(value[0])}"
+    return ""
+
+
+def check_recipe(recipe: dict, dataclass_types, source: str) -> None:
+    """Every key of a recipe that names a field of one of `dataclass_types` must hold a value of that field's type.
+    Keys no dataclass has are left to the parser (it refuses them)."""
+    fields = {}
+    for cls in dataclass_types:
+        try:
+            hints = typing.get_type_hints(cls)
+        except (NameError, TypeError):  # an annotation that does not resolve is left unchecked
+            hints = {}
+        for f in dataclasses.fields(cls):
+            fields.setdefault(f.name, hints.get(f.name, f.type))
+    for key, value in recipe.items():
+        if key not in fields or _type_ok(value, fields[key]) is not False:
+            continue
+        annotation = fields[key]
+        raise ValueError(f"{source}: {key}: {value!r} is {type(value).__name__}, expected {_type_name(annotation)}"
+                         f"{_fix_hint(value, annotation)}")
+
+
+def check_config_file(argv: list[str], dataclass_types, flag: str = "--config") -> dict | None:
+    """The recipe named by `flag` in argv, read and checked (check_recipe); None when argv has no such flag.
+    A missing file, YAML that does not parse, or a file that is not a mapping fails naming the file."""
+    import yaml
+
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith(flag + "=")), None)
+    if path is None and flag in argv:
+        i = argv.index(flag)
+        path = argv[i + 1] if i + 1 < len(argv) else ""
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        folder = os.path.dirname(path) or "."
+        nearby = sorted(f for f in os.listdir(folder) if f.endswith((".yaml", ".yml"))) if os.path.isdir(folder) else []
+        raise FileNotFoundError(f"{flag} {path}: no such file" + (
+            f"; recipes in {folder}/: {', '.join(nearby)}" if nearby else "; give the path of a recipe YAML file"))
+    try:
+        with open(path) as f:
+            recipe = yaml.safe_load(f)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{flag} {path}: not valid YAML: {error}") from None
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{flag} {path}: a recipe is a mapping of keys to values (key: value lines), "
+                         f"not {type(recipe).__name__}")
+    check_recipe(recipe, dataclass_types, path)
+    return recipe
+
+
+def json_option(value, key: str, example: str) -> dict | None:
+    """A `--key` option that takes a mapping, given as JSON text on the command line or a mapping in the recipe."""
+    if value is None or isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--{key} {value!r} is not valid JSON ({error}); write a JSON object in single quotes, "
+                         f"e.g. --{key} '{example}'") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"--{key} {value!r} is JSON {type(parsed).__name__}, expected an object, e.g. --{key} "
+                         f"'{example}'")
+    return parsed

@@ -47,7 +47,6 @@ import sys
 import time
 from dataclasses import dataclass, field, fields
 
-import yaml
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 STAGE_DONE = "stage_done.json"
@@ -120,12 +119,12 @@ def read_recipe(recipe: str, overrides: list[str] = ()):
 
     from train_grpo import ScriptArguments
 
-    if not os.path.exists(recipe):
-        raise FileNotFoundError(f"recipe {recipe} does not exist")
+    from plan import check_config_file, json_option
+
+    check_config_file(["--recipe", recipe], (ScriptArguments, SamplingArgs), flag="--recipe")
     parser = TrlParser((ScriptArguments, SamplingArgs))
     script, sampling, _ = parser.parse_args_and_config(["--config", recipe, *overrides], return_remaining_strings=True)
-    if isinstance(script.reward_kwargs, str):
-        script.reward_kwargs = json.loads(script.reward_kwargs)
+    script.reward_kwargs = json_option(script.reward_kwargs, "reward_kwargs", '{"dapo": {"correct": 1.0}}')
     return script, sampling
 
 
@@ -247,8 +246,9 @@ def counts_path_of(out: str) -> str:
 
 def load_chain(path: str) -> dict:
     """The chain YAML, checked: unknown keys, missing keys and duplicate stage names fail naming the key."""
-    with open(path) as f:
-        chain = yaml.safe_load(f)
+    from plan import check_config_file
+
+    chain = check_config_file(["--chain", path], (), flag="--chain")
     unknown = set(chain) - CHAIN_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(CHAIN_KEYS)}")

@@ -8,8 +8,9 @@ How this departs from TRL's stock GRPOTrainer, and why:
      [-20, 20] against overflow (JustRL's veRL 0.4 fork has no clamp; later veRL does). The vLLM importance-sampling
      weight and the KL term (beta > 0) enter per token, as in TRL. Aggregation: a token mean over the tokens of
      each optimizer update across all processes (TRL's "dapo" divides by the generation's average update instead,
-     which scales an update by 2-3% typically, 5-7% at p99: benchmarks/bench_normaliser.py), or with `seq_mean_loss` the mean
-     over the update's sequences of each sequence's token mean, KL included (TRL's GRPO loss when Open-RS ran).
+     which scales an update by 2-3% typically, 5-7% at p99, on simulated lengths: benchmarks/bench_normaliser.py),
+     or with `seq_mean_loss` the mean over the update's sequences of each sequence's token mean, KL included
+     (TRL's GRPO loss when Open-RS ran).
   2. A recipe states the paper's batch: `prompts_per_step` x `num_generations` responses per generation step, then
      `optimizer_updates_per_step` updates. TRL's per-device batch, gradient accumulation and steps_per_generation
      are derived from the world size at launch (`derive_batch`); an impossible cluster shape fails at start-up.
@@ -72,7 +73,8 @@ from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
 
 from data import JUSTRL_SUFFIX, load_prompts
 from grpo.packing import regroup_update, token_counts, trim_micro_batch, trimmed_widths
-from plan import NONFINITE_KEY, derive_batch, last_checkpoint, precision_plan, resolved_config
+from plan import (NONFINITE_KEY, check_config_file, derive_batch, json_option, last_checkpoint, precision_plan,
+                  resolved_config)
 
 
 
@@ -555,14 +557,16 @@ def _write_json(path: str, obj) -> None:
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Bad input fails here, naming the key, before anything loads or is written.
+    check_config_file(argv, (ScriptArguments, JustRLConfig, ModelConfig))
     if any(a == "--dry_run" or a.startswith("--dry_run=") for a in argv):
         # A dry run plans for GPU machines from any machine: skip transformers' check of this machine for bf16.
         import transformers.training_args
         transformers.training_args.is_torch_bf16_gpu_available = lambda: True
     parser = TrlParser((ScriptArguments, JustRLConfig, ModelConfig))
     script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
-    if isinstance(script_args.reward_kwargs, str):
-        script_args.reward_kwargs = json.loads(script_args.reward_kwargs)
+    script_args.reward_kwargs = json_option(script_args.reward_kwargs, "reward_kwargs", '{"dapo": {"correct": 1.0}}')
+    script_args.prepare_kwargs = json_option(script_args.prepare_kwargs, "prepare_kwargs", '{"out": ".cache/smollm2"}')
     from reward import load_reward_funcs  # fails here, before any model loads, on an unknown reward name
 
     reward_kwargs = dict(script_args.reward_kwargs or {})
@@ -573,8 +577,6 @@ def main(argv=None):
     reward_funcs = [time_limited(f, script_args.reward_timeout_s)
                     for f in load_reward_funcs(script_args.reward_funcs, reward_kwargs)]
     prepare = _import_function(script_args.prepare_assets, "prepare_assets") if script_args.prepare_assets else None
-    if isinstance(script_args.prepare_kwargs, str):
-        script_args.prepare_kwargs = json.loads(script_args.prepare_kwargs)
     if script_args.dry_run:
         world = script_args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
         print(json.dumps(resolved_config(script_args, training_args, model_args, world), indent=2, default=str))

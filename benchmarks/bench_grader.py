@@ -3,11 +3,14 @@
 The labelled set, tests/fixtures/grading/labelled.jsonl, is hand-written: one JSON line per case
 {response, reference, label, note}, references taken from the nine benchmarks' real answers, and a
 large share of wrong-but-close answers (off by one, sign, order, openness, 0.33 vs 1/3, one of two
-roots, an extra root, the wrong unit power, the wrong power of ten). `label` is the truth. The last
-141 cases (issue 9) are parses that lose information (the Minerva formula with `\\gamma`, `2(3)` vs 5,
+roots, an extra root, the wrong unit power, the wrong power of ten). `label` is the truth. Cases
+477-617 (issue 9) are parses that lose information (the Minerva formula with `\\gamma`, `2(3)` vs 5,
 `2xy` vs 2, `f \\circ g` vs `g \\circ f`, ...) and right and wrong-but-close answers for named tuples
 `(p,q)=(3,2)`, sets written with or/;/plain braces, repeated elements, mixed numbers, implicit
-multiplication, trigonometric functions of degrees and nested radicals.
+multiplication, trigonometric functions of degrees and nested radicals. The last 18 (issue 15) are right and
+wrong-but-close answers of three families that were rejected: a percentage written as a word ("35 pct", "35 per
+cent", "4 percentage points") against "35\\%", a reference written as a mixed number with a space ("1 1/2",
+"2 \\frac{3}{4}", "3\\ 1/4"), and one subscripted symbol spelt two ways ({v}_{0} / v_0, m_{\\rm e} / m_e, v_0{}^2).
 
 Graders compared:
   grade        grading.grade (this project)

@@ -51,7 +51,7 @@ def test_missing_column_names_the_column_the_recipe_key_and_the_file(tmp_path, t
 
 def test_row_without_an_answer_is_named(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "d.jsonl", [{"problem": "a", "answer": "1"}, {"problem": "b", "answer": None}])
-    with pytest.raises(ValueError, match=r"d\.jsonl, row 1: no usable answer in column 'answer'"):
+    with pytest.raises(ValueError, match=r"d\.jsonl, row 1, column 'answer': no ground truth"):
         data.load_prompts(data_args(path, prompt_column="problem", answer_column="answer"), tokenizer)
 
 

@@ -85,7 +85,7 @@ def test_missing_benchmark_file_names_the_file(tmp_path):
 
 def test_missing_column_names_the_file_and_the_column():
     path = FIXTURES / "extra.jsonl"
-    with pytest.raises(KeyError, match=f"{path}: no column 'answer'"):
+    with pytest.raises(ValueError, match=f"{path}: no column 'answer'"):
         ev.load_benchmark("GSM", ev.EvalArgs(extra=[f"GSM={path}:question:answer"]))
 
 

@@ -64,7 +64,7 @@ def test_empty_box_is_wrong():
         (r"\left( 3 \right)", ("(3)", "")),
         (r"90^\circ", ("90", "")),
         (r"\$18.90", ("18.90", "")),
-        (r"62.5\%", ("62.5", "")),
+        (r"62.5\%", ("62.5", "percent")),
         (r"10,\!080", ("10080", "")),
         (".5", ("0.5", "")),
         (r"15\mbox{ cm}^2", ("15", "cm^2")),
@@ -599,4 +599,69 @@ def test_trigonometric_functions_of_degrees(prediction, reference, expected):
     ],
 )
 def test_nested_radicals_and_big_constants_are_decided_numerically(prediction, reference, expected):
+    assert grade(boxed(prediction), reference) is expected
+
+
+# ---------------------------------------------------------------- issue 15: families that were rejected
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        ("50 pct", r"50\%", True),
+        ("50 per cent", r"50\%", True),
+        ("12.5 per cent", r"12.5\%", True),
+        ("50 percent", r"50\%", True),
+        ("50 percentage points", r"50\%", True),
+        (r"50\text{ pct}", r"50\%", True),
+        (r"50\%", "50 per cent", True),
+        ("5 pct", r"50\%", False),
+        ("50 per cent", r"5\%", False),
+        ("50 cm", r"50\%", False),
+        ("0.5", r"50\%", False),
+    ],
+)
+def test_a_percentage_written_as_a_word_is_the_percent_sign(prediction, reference, expected):
+    assert grade(boxed(prediction), reference) is expected
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        ("1.5", "1 1/2", True),
+        (r"\frac{3}{2}", "1 1/2", True),
+        ("3/2", "1 1/2", True),
+        ("-1.5", "-1 1/2", True),
+        ("2.75", r"2 \frac{3}{4}", True),
+        ("3.25", r"3\ 1/4", True),
+        (r"\frac{13}{4}", r"3\ 1/4", True),
+        ("1/2", "1 1/2", False),
+        ("11/2", "1 1/2", False),
+        ("3.2", r"3\ 1/4", False),
+        ("-0.5", "-1 1/2", False),
+        ("2.5", "1 3/2", False),  # an improper fraction after a space is no mixed number: refused
+    ],
+)
+def test_a_mixed_number_written_with_a_space_is_its_value(prediction, reference, expected):
+    assert grade(boxed(prediction), reference) is expected
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        (r"\frac{{v}_{0}^{2}}{2g}", r"\frac{v_0^2}{2g}", True),
+        (r"\frac{v_0{}^2}{2g}", r"\frac{v_{0}^{2}}{2g}", True),
+        (r"\frac{m_{\rm e}c^2}{2}", r"\frac{m_e c^2}{2}", True),
+        (r"\frac{m_\mathrm{e} c^{2}}{2}", r"\frac{1}{2}m_{e}c^2", True),
+        (r"\frac{\gamma_0}{2}", r"\frac{{\gamma}_{0}}{2}", True),
+        (r"e^{-t/\tau_{0}}", r"e^{-\frac{t}{\tau_0}}", True),
+        (r"\frac{{v}_{1}^{2}}{2g}", r"\frac{v_0^2}{2g}", False),
+        (r"\frac{v_0{}^3}{2g}", r"\frac{v_{0}^{2}}{2g}", False),
+        (r"\frac{m_{\rm p}c^2}{2}", r"\frac{m_e c^2}{2}", False),
+        (r"\frac{\gamma_1}{2}", r"\frac{\gamma_{0}}{2}", False),
+        (r"\gamma_0^2", r"\gamma^2", False),
+        (r"\frac{x_{1}2}{3}", r"\frac{x_{12}}{3}", False),
+    ],
+)
+def test_one_subscripted_symbol_spelt_differently_is_the_same_symbol(prediction, reference, expected):
     assert grade(boxed(prediction), reference) is expected

@@ -104,7 +104,12 @@ def sync_check(assets, out, *extra) -> dict:
                       "--learning_rate", "1e-3", *extra)]
     code, log, left = run_bounded(cmd, out.parent / f"{out.name}.log", timeout=900)
     assert code == 0 and not left, (left, log[-4000:])
-    return json.load(open(out / "result.json"))
+    result = json.load(open(out / "result.json"))
+    # The README's figures (run with -s to see them): largest per-token |log-prob difference|, engine vs trainer.
+    print(f"\n[vllm sync {out.name.rstrip('0123456789')}] initial {result['initial']:.2g}, after syncing new embeddings "
+          f"{result['embeddings']:.2g}, after training {result['trained']:.2g}; with a stale tied output layer "
+          f"{result['stale_head']:.3g}", flush=True)
+    return result
 
 
 @pytest.mark.parametrize("device, use_vllm, swapped", [("cpu", True, True), ("cuda", True, False), ("cpu", False, False)])
