@@ -26,7 +26,9 @@ otherwise reserves 90% of the node's memory). Weights then reach the server thro
 Faults: every job step is watched once a second. When any step exits non-zero (a killed rank, a dead node, a
 reward past its time limit) or the server exits, every other step is cancelled at once (SIGTERM, then SIGKILL
 after the cluster's KillWait), so no rank waits in a collective for its 30-minute watchdog. The launcher then exits
-non-zero naming the node, the rank, the exit code, the step's log and the last checkpoint. Relaunching the same
+non-zero naming the node, the rank, the exit code, the step's log and the last checkpoint. The server's /health is
+also polled during training (a hung server, or one dead inside a step that has not ended). Each step runs under
+slurm/supervise.py, so no process a step started (vLLM's engine, torchrun's workers) outlives it. Relaunching the same
 command starts a fresh server and resumes every process from that checkpoint, with the same data order. A server
 that exits before it is healthy is reported at once; one that never gets healthy after --server_timeout_s.
 
@@ -218,6 +220,10 @@ def tail(path: str, lines: int = 25) -> str:
         return f"(no log: {error})"
 
 
+# Every step's command runs under slurm/supervise.py: nothing it starts outlives it, whatever kills it.
+SUPERVISE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slurm", "supervise.py")
+
+
 class Steps:
     """The job steps this launcher started (one `srun` per node), watched and cancelled together."""
 
@@ -230,7 +236,9 @@ class Steps:
         log = open(node["log"], "ab")
         # --overlap: steps share the allocation's CPUs; --kill-on-bad-exit: a task that dies ends its own step.
         cmd = ["srun", "--nodes=1", "--ntasks=1", f"--nodelist={node['host']}", f"--job-name={name}", "--overlap",
-               "--kill-on-bad-exit=1", "bash", "-c", f"cd {shlex.quote(self.workdir)} && exec env {node['command']}"]
+               "--kill-on-bad-exit=1", "bash", "-c",
+               f"cd {shlex.quote(self.workdir)} && exec {shlex.quote(sys.executable)} {shlex.quote(SUPERVISE)} "
+               f"env {node['command']}"]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
         log.close()

@@ -6,6 +6,7 @@ The multi-node faults (a killed rank, a killed server, a relaunch that resumes) 
 """
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from conftest import ROOT
 
 HANG_REWARD = '''
 import os
+import signal
 import time
 
 
@@ -112,3 +114,32 @@ def test_a_reward_hanging_on_one_process_stops_both_processes_fast(tiny_assets, 
     assert out.returncode != 0, text[-3000:]
     assert "reward 'hang_on_rank1' did not return within reward_timeout_s=5 s on rank 1" in text, text[-3000:]
     assert elapsed < 300  # start-up (~1 min on 2 busy cores) + one generation + 5 s, not a collective's 30 minutes
+
+
+SPAWNER = """
+import subprocess, sys, time
+child = subprocess.Popen(["sleep", "300"])
+print(child.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/status").read().find("State:\tZ") >= 0
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("how", ["the command is killed", "the step is cancelled"])
+def test_supervise_leaves_nothing_the_command_started(how):
+    """slurm/supervise.py: a grandchild orphaned by its parent's death (vLLM's engine when its API server is killed)
+    is stopped with the command, as is everything when the step gets SIGTERM (scancel)."""
+    sup = subprocess.Popen([sys.executable, os.path.join(ROOT, "slurm", "supervise.py"), sys.executable, "-c", SPAWNER],
+                           stdout=subprocess.PIPE, text=True)
+    grandchild = int(sup.stdout.readline())
+    command = int(open(f"/proc/{grandchild}/status").read().split("PPid:\t")[1].split()[0])
+    os.kill(command if how == "the command is killed" else sup.pid,
+            signal.SIGKILL if how == "the command is killed" else signal.SIGTERM)
+    assert sup.wait(timeout=30) == (137 if how == "the command is killed" else 143)
+    assert _gone(grandchild) and _gone(command)
