@@ -43,6 +43,9 @@ def _free_base_port(count: int) -> int:
     raise RuntimeError("no free ports for the local Slurm cluster")
 
 
+CLUSTER_CONF = [None]  # the test cluster's slurm.conf, set by the fixture
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     can_install = os.geteuid() == 0 and shutil.which("apt-get")
@@ -52,6 +55,7 @@ def cluster(tmp_path_factory):
     up = subprocess.run(["bash", "scripts/slurm_local.sh", "up", "3"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert up.returncode == 0, up.stdout + up.stderr
     env["SLURM_CONF"] = os.path.join(directory, "etc", "slurm.conf")
+    CLUSTER_CONF[:] = [env["SLURM_CONF"]]
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     env.pop("SLURM_JOB_ID", None)
     yield env
@@ -74,8 +78,10 @@ def recipe(tiny_assets, tmp_path_factory):
     return str(path)
 
 
-def job_processes(job_id: str) -> list[tuple[int, str, dict]]:
-    """(pid, command line, environment) of every process on this machine that belongs to Slurm job `job_id`."""
+def job_processes(job_id: str, conf: str | None = None) -> list[tuple[int, str, dict]]:
+    """(pid, command line, environment) of every process on this machine that belongs to Slurm job `job_id` of the
+    cluster whose config is `conf` (default: the test cluster's; job ids restart at 1 with every cluster)."""
+    conf = conf or CLUSTER_CONF[0]
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -84,7 +90,7 @@ def job_processes(job_id: str) -> list[tuple[int, str, dict]]:
         except OSError:
             continue
         env = dict(item.decode(errors="replace").split("=", 1) for item in environ if b"=" in item)
-        if env.get("SLURM_JOB_ID") == job_id:
+        if env.get("SLURM_JOB_ID") == job_id and env.get("SLURM_CONF") == conf:
             found.append((int(pid), cmdline, env))
     return found
 
