@@ -62,7 +62,10 @@ down() {
     done
     for f in "$DIR"/run/*.pid; do
         [ -e "$f" ] || continue
-        pid_alive "$f" && kill -9 "$(cat "$f")" 2>/dev/null || true
+        if pid_alive "$f"; then
+            kill -9 "$(cat "$f")" 2>/dev/null || true
+            for _ in $(seq 50); do pid_alive "$f" || break; sleep 0.1; done  # SIGKILL is delivered, not yet done
+        fi
         rm -f "$f"
     done
     echo "slurm_local: stopped $stopped daemons ($DIR)"

@@ -61,8 +61,12 @@ def cluster(tmp_path_factory):
     yield env
     down = subprocess.run(["bash", "scripts/slurm_local.sh", "down"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert down.returncode == 0, down.stdout + down.stderr
-    pids = [line.split()[0] for line in subprocess.run(["ps", "-eo", "pid,args"], capture_output=True,
-                                                       text=True).stdout.splitlines() if directory in line]
+    deadline = time.time() + 15  # a daemon SIGKILLed by `down` may take a moment to disappear
+    while (pids := [line.split()[0] for line in subprocess.run(["ps", "-eo", "pid,args"], capture_output=True,
+                                                              text=True).stdout.splitlines() if directory in line]):
+        if time.time() > deadline:
+            break
+        time.sleep(0.5)
     assert not pids, f"daemons left after slurm_local.sh down: {pids}"
 
 
@@ -242,9 +246,16 @@ def test_justrl_topology_runs_and_learns(uninterrupted):
     assert sorted(orders) == [0, 1] and all(len(steps) == STEPS for steps in orders.values())
 
 
-def _kill(pid: int) -> float:
+def kill_and_read_failure(launch: Launch, pid: int, what: str) -> str:
+    """SIGKILL `pid`; the launcher must exit non-zero within 60 s. Returns its failure message."""
     os.kill(pid, signal.SIGKILL)
-    return time.time()
+    killed_at = time.time()
+    code = launch.wait(120)
+    detected_s = time.time() - killed_at
+    text = launch.output()
+    print(f"[slurm] {what} killed: launcher exited {detected_s:.1f} s later")
+    assert code != 0 and detected_s < 60 and "[launch] FAILED" in text, text[-5000:]
+    return text[text.index("[launch] FAILED"):]
 
 
 def test_killed_rank_and_killed_server_stop_the_job_and_relaunches_resume_in_order(cluster, recipe, uninterrupted,
@@ -260,13 +271,7 @@ def test_killed_rank_and_killed_server_stop_the_job_and_relaunches_resume_in_ord
              if env.get("RANK") == "1" and "TORCHELASTIC_RUN_ID" in env and "train_grpo.py" in cmd
              and "accelerate" not in cmd.split()[0]]
     assert len(rank1) == 1, job_processes(launch.job())
-    killed_at = _kill(rank1[0])
-    code = launch.wait(120)
-    detected_s = time.time() - killed_at
-    text = launch.output()
-    print(f"[slurm] training process killed: launcher exited {detected_s:.1f} s later")
-    assert code != 0 and detected_s < 60, text[-5000:]
-    failure = text[text.index("[launch] FAILED"):]
+    failure = kill_and_read_failure(launch, rank1[0], "training process")
     assert "training node 1 (node2): rank 1 (local rank 0), exit code -9 (SIGKILL)" in failure, failure
     assert f"Last checkpoint: {out}/checkpoint-" in failure
     launch.assert_nothing_left()
@@ -281,13 +286,7 @@ def test_killed_rank_and_killed_server_stop_the_job_and_relaunches_resume_in_ord
     wait_for(lambda: checkpoint_done(out, resumed_step + 4), 600, f"checkpoint-{resumed_step + 4}", launch)
     server = listener(int(PORTS[1]))  # the vLLM API server itself (`trl vllm-serve` runs it as its child)
     assert server in {pid for pid, _, env in job_processes(launch.job()) if env.get("SLURMD_NODENAME") == "node3"}
-    killed_at = _kill(server)
-    code = launch.wait(120)
-    detected_s = time.time() - killed_at
-    text = launch.output()
-    print(f"[slurm] vLLM server killed: launcher exited {detected_s:.1f} s later")
-    assert code != 0 and detected_s < 60, text[-5000:]
-    failure = text[text.index("[launch] FAILED"):]
+    failure = kill_and_read_failure(launch, server, "vLLM server")
     assert failure.startswith("[launch] FAILED: the vLLM server on node3 "), failure
     launch.assert_nothing_left()
 
