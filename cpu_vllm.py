@@ -14,12 +14,16 @@ instead, only when its device is the CPU (on GPUs TRL's code runs untouched, NCC
   3. Colocate mode. TRL gives the engine no dtype, and vLLM downcasts a float32 checkpoint to bfloat16; here the
      engine computes in the training model's dtype, so its log-probs are the trainer's. Its KV cache holds the
      generation batch (the sequences TRL generates at once x vllm_max_model_length, by default the model's context)
-     instead of a fraction of GPU memory; VLLM_CPU_KVCACHE_SPACE (GiB) overrides it.
+     instead of a fraction of GPU memory; VLLM_CPU_KVCACHE_SPACE (GiB) overrides it. Chunked prefill is off: vLLM's
+     CPU runner cannot rewind a seeded request's generator when a prompt's prefill is split over two steps ("CPU
+     Generator does not use offset"), and validation (grpo/validation.py) samples with per-request seeds. For the
+     same reason a CPU server for a run that validates must be started with --no-enable-chunked-prefill.
 
 Commands (the tiny recipe; README "vLLM on a CPU" has the timings):
     accelerate launch --config_file accelerate_configs/cpu.yaml train_grpo.py --config recipes/tiny.yaml \\
         --use_vllm true --vllm_mode colocate
-    VLLM_CPU_KVCACHE_SPACE=1 trl vllm-serve --model .cache/tiny/sft --dtype float32 --host 127.0.0.1 --port 8011 &
+    VLLM_CPU_KVCACHE_SPACE=1 trl vllm-serve --model .cache/tiny/sft --dtype float32 --host 127.0.0.1 --port 8011 \\
+        --no-enable-chunked-prefill &
     accelerate launch train_grpo.py --config recipes/tiny.yaml --use_vllm true --vllm_mode server \\
         --vllm_server_host 127.0.0.1 --vllm_server_port 8011
 """
@@ -78,7 +82,8 @@ class CPUVLLMGeneration(VLLMGeneration):
         self.llm = LLM(model=self.model.name_or_path, dtype=self.model.dtype, max_model_len=max_len,
                        max_num_seqs=self.max_num_seqs, kv_cache_memory_bytes=kv_bytes, model_impl=self.model_impl,
                        distributed_executor_backend="external_launcher", seed=accelerator.process_index,
-                       max_num_batched_tokens=4096, logprobs_mode="processed_logprobs",
+                       enable_chunked_prefill=False, max_num_batched_tokens=max(4096, max_len),
+                       logprobs_mode="processed_logprobs",
                        trust_remote_code=self.trust_remote_code)
         self._llm_weights_sleeping = False
         if accelerator.is_main_process:

@@ -196,7 +196,7 @@ def run_steps(run_dirs: list[str], steps: list[int] | None = None) -> list[int]:
     return steps
 
 
-def plot_runs(run_dirs: list[str], path: Path, steps: list[int] | None = None) -> dict:
+def plot_runs(run_dirs: list[str], path: Path, steps: list[int] | None = None, xlabel: str = "training step") -> dict:
     """avg@k of each benchmark (and their mean) against training step, from the runs' results.json."""
     steps = run_steps(run_dirs, steps)
     series: dict[str, list[tuple[int, float]]] = {}
@@ -214,7 +214,7 @@ def plot_runs(run_dirs: list[str], path: Path, steps: list[int] | None = None) -
     for name, points in series.items():
         ax.plot([s for s, _ in points], [v for _, v in points], marker="o", label=name,
                 linewidth=2.5 if name == "average" else 1.2)
-    ax.set_xlabel("training step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("avg@k (%)")
     ax.legend(fontsize=7)
     fig.tight_layout()

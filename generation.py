@@ -25,36 +25,46 @@ def chunk_seed(seed: int, example_id: str) -> int:
 
 
 def generate_transformers(requests: list[dict], model: str, sampling: dict, args):
-    """Batched model.generate on CPU/GPU. Requests arrive in fixed chunks (same `chunk` id), each sampled after
-    torch.manual_seed(chunk_seed(...)), so a resumed run regenerates identical text for every chunk."""
+    """Batched model.generate on CPU/GPU, the model loaded from `model` (see sample_transformers)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model)
-    tok.padding_side = "left"
     tok.pad_token = tok.pad_token or tok.eos_token
     dtype = torch.float32 if not torch.cuda.is_available() else getattr(torch, args.dtype)
     lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).eval()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    lm.to(device)
+    lm.to("cuda" if torch.cuda.is_available() else "cpu")
+    yield from sample_transformers(lm, tok, requests, sampling)
+
+
+def sample_transformers(lm, tok, requests: list[dict], sampling: dict):
+    """Batched `lm.generate` of loaded weights (eval.py's backend; in-training validation passes the live model).
+    Requests arrive in fixed chunks (same `chunk` id), each sampled after torch.manual_seed(chunk_seed(...)), so a
+    resumed run regenerates identical text for every chunk, and a chunk's samples do not depend on what ran before."""
+    import torch
+
+    side, tok.padding_side = tok.padding_side, "left"
     chunks: dict = {}
     for r in requests:
         chunks.setdefault(r["chunk"], []).append(r)
-    for chunk in chunks.values():
-        texts = [tok.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True) for r in chunk]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        greedy = sampling["temperature"] == 0
-        torch.manual_seed(chunk_seed(chunk[0]["seed"], chunk[0]["example_id"]))
-        with torch.no_grad():
-            out = lm.generate(**enc, do_sample=not greedy, max_new_tokens=sampling["max_new_tokens"],
-                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                              **({} if greedy else {"temperature": sampling["temperature"],
-                                                    "top_p": sampling["top_p"], "top_k": 0}))
-        for r, ids in zip(chunk, out[:, enc["input_ids"].shape[1]:].tolist()):
-            stop = tok.eos_token_id in ids
-            ids = ids[: ids.index(tok.eos_token_id) + 1] if stop else ids
-            yield r, {"response": tok.decode(ids, skip_special_tokens=True), "n_tokens": len(ids),
-                      "finish_reason": "stop" if stop else "length"}
+    try:
+        for chunk in chunks.values():
+            texts = [tok.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True) for r in chunk]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+            greedy = sampling["temperature"] == 0
+            torch.manual_seed(chunk_seed(chunk[0]["seed"], chunk[0]["example_id"]))
+            with torch.no_grad():
+                out = lm.generate(**enc, do_sample=not greedy, max_new_tokens=sampling["max_new_tokens"],
+                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                  **({} if greedy else {"temperature": sampling["temperature"],
+                                                        "top_p": sampling["top_p"], "top_k": 0}))
+            for r, ids in zip(chunk, out[:, enc["input_ids"].shape[1]:].tolist()):
+                stop = tok.eos_token_id in ids
+                ids = ids[: ids.index(tok.eos_token_id) + 1] if stop else ids
+                yield r, {"response": tok.decode(ids, skip_special_tokens=True), "n_tokens": len(ids),
+                          "finish_reason": "stop" if stop else "length"}
+    finally:
+        tok.padding_side = side
 
 
 def vllm_engine_kwargs(model: str, args, cpu: bool) -> dict:

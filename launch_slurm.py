@@ -149,8 +149,12 @@ def node_commands(hosts: list[str], config: str, recipe: dict, gpus_per_node: in
         max_len = recipe.get("vllm_max_model_length")
         if cpu:  # vLLM's CPU backend: the trainer's fp32 weights, a KV cache of a fixed size, not 90% of the RAM;
             # eager: its torch.compile pass doubles a server's start-up (36 s -> 69 s for tiny.py's model)
-            max_len = max_len or (recipe.get("max_prompt_length", 1024) + recipe.get("max_completion_length", 256))
-            serve += ["--dtype", "float32", "--enforce_eager", "true"]
+            # the context must hold a validation response too (grpo/validation.py)
+            new_tokens = max(recipe.get("max_completion_length", 256), recipe.get("validation_max_new_tokens", 0)
+                             if recipe.get("validation_benchmarks") else 0)
+            max_len = max_len or (recipe.get("max_prompt_length", 1024) + new_tokens)
+            # no chunked prefill: vLLM's CPU runner cannot split a seeded request's prefill (validation seeds them)
+            serve += ["--dtype", "float32", "--enforce_eager", "true", "--no-enable-chunked-prefill"]
             env = f"VLLM_CPU_KVCACHE_SPACE={cpu_kv_cache_gib}"
         else:
             env = "CUDA_VISIBLE_DEVICES=" + ",".join(str(i) for i in range(vllm_tp))

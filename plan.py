@@ -88,6 +88,28 @@ def precision_plan(dtype: str, bf16: bool, fp16: bool = False, zero_stage: int |
                      "accelerate_configs/zero2.yaml or zero3.yaml), or dtype: float32.")
 
 
+def validation_plan(script_args, training_args) -> dict | str:
+    """What in-training validation (grpo/validation.py) will do, in words and numbers, for the dry run."""
+    from grpo.validation import benchmark_specs, enabled
+
+    s = script_args
+    if not enabled(s):
+        return ("off (no validation_benchmarks, heldout without a heldout_file, or neither "
+                "validation_before_training nor validation_every_generation_steps)")
+    when = (["before training"] if s.validation_before_training else []) + (
+        [f"every {s.validation_every_generation_steps} generation steps and after the last"]
+        if s.validation_every_generation_steps else [])
+    engine = (f"vLLM ({training_args.vllm_mode} mode), after the weight sync" if training_args.use_vllm
+              else "transformers' generate on the training model")
+    return {"benchmarks": benchmark_specs(s), "when": " and ".join(when),
+            "samples_per_problem": s.validation_n_samples or "eval.py's k per benchmark",
+            "temperature": s.validation_temperature, "top_p": s.validation_top_p,
+            "max_new_tokens": s.validation_max_new_tokens,
+            "grader": {"math_verify": "veRL's math-verify rule (JustRL's validation)",
+                       "eval": "eval.py's rule grader"}.get(s.validation_grader, s.validation_grader),
+            "engine": engine, "outputs": f"{training_args.output_dir}/validation/step_<N>/ (N: generation step)"}
+
+
 def resolved_config(script_args, training_args, model_args, world_size: int) -> dict:
     """Everything a run would use, as one JSON-able dict (the --dry_run output)."""
     config = training_args.to_dict()
@@ -117,6 +139,7 @@ def resolved_config(script_args, training_args, model_args, world_size: int) -> 
             derived["precision"][mode] = precision_plan(model_args.dtype, training_args.bf16, training_args.fp16, stage)
         except ValueError as e:
             derived["precision"][mode] = f"refused: {e}"
+    derived["validation"] = validation_plan(script_args, training_args)
     derived["nonfinite_grad_norm"] = f"update skipped, optimizer and LR scheduler untouched; logged as {NONFINITE_KEY}"
     return {"training_args": config, "script_args": asdict(script_args), "model_args": asdict(model_args),
             "derived": derived}

@@ -37,6 +37,11 @@ How this departs from TRL's stock GRPOTrainer, and why:
      request to a vLLM server has `vllm_request_timeout_s` (TRL's client has none); a relaunch resumes from the newest
      *complete* checkpoint (transformers takes the highest number, even one a kill cut short); a multi-process CPU
      run reloads its optimizer state on "cpu" (transformers maps it to "cpu:0", which torch.load cannot restore).
+  8. Validation inside training, as JustRL's veRL run (val_before_train, test_freq): `validation_*` keys name
+     benchmarks, schedule, sampling and grader (veRL's math-verify rule by default); the run's own engine samples
+     them (colocated vLLM, the vLLM server or transformers, after the weight sync), and grpo/validation.py writes
+     eval.py-format outputs under <output_dir>/validation/step_<N>/, TensorBoard curves and accuracy_vs_step.png.
+     It consumes no training randomness and changes no weight (tests/test_validation.py).
 
 Commands:
     # the embedded CPU demo (builds a tiny model and data once, ~4 min on 2 cores)
@@ -102,6 +107,25 @@ class ScriptArguments:
     # Held-out greedy accuracy before and after training, written to <output_dir>/summary.json
     heldout_file: str | None = None
     heldout_max_new_tokens: int = 64
+    # Validation inside training (grpo/validation.py): benchmarks sampled with the run's engine, avg@k / pass@k curves
+    validation_benchmarks: list[str] = field(default_factory=list, metadata={
+        "help": "eval.py benchmark names (AIME24 ...), NAME=path (eval.py's --extra) or heldout (heldout_file)."})
+    validation_data_dir: str | None = field(default=None, metadata={"help": "<dir>/<NAME>/test.parquet; unset: Hub."})
+    validation_every_generation_steps: int = field(default=0, metadata={
+        "help": "Validate every N generation steps and after the last (JustRL: 50); 0: never during training."})
+    validation_before_training: bool = field(default=False, metadata={"help": "Validate at step 0 (JustRL: true)."})
+    validation_n_samples: int | None = field(default=None, metadata={
+        "help": "Samples per problem (avg@n); unset: eval.py's k per benchmark (1 for NAME=path)."})
+    validation_temperature: float = 0.7
+    validation_top_p: float = 0.9
+    validation_max_new_tokens: int = 31744
+    validation_grader: str = field(default="math_verify", metadata={
+        "help": "math_verify: veRL's math-verify rule (JustRL's curves); eval: eval.py's rule grader."})
+    validation_limit: int | None = field(default=None, metadata={"help": "First N problems per benchmark."})
+    validation_batch_size: int = field(default=16, metadata={"help": "transformers engine: prompts per chunk."})
+    validation_prompt_template: str | None = field(default=None, metadata={
+        "help": "'{problem}' plus an instruction; unset: eval.py's (JustRL's evaluation prompt)."})
+    validation_seed: int = field(default=0, metadata={"help": "Sample round r uses seed + r, as eval.py."})
     # Assets a recipe builds before anything loads, once, main process first (tiny.ensure_tiny_assets for the demo,
     # real_model.ensure_real_assets); by path, so this script imports neither
     prepare_assets: str | None = field(default=None, metadata={"help": "module.function called with prepare_kwargs."})
@@ -577,6 +601,8 @@ def main(argv=None):
     reward_funcs = [time_limited(f, script_args.reward_timeout_s)
                     for f in load_reward_funcs(script_args.reward_funcs, reward_kwargs)]
     prepare = _import_function(script_args.prepare_assets, "prepare_assets") if script_args.prepare_assets else None
+    from grpo import validation
+    validation.check_settings(script_args)
     if script_args.dry_run:
         world = script_args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
         print(json.dumps(resolved_config(script_args, training_args, model_args, world), indent=2, default=str))
@@ -601,11 +627,15 @@ def main(argv=None):
         train_ds, counts = load_prompts(script_args, tokenizer)
         heldout = load_prompts(script_args, tokenizer, path=script_args.heldout_file)[0] if script_args.heldout_file else None
     print(f"[data] {json.dumps(counts)}", flush=True)
+    # validation benchmarks: a missing file or column fails here, before the model loads
+    validation_data = validation.load_benchmarks(script_args) if validation.enabled(script_args) else None
 
     training_args.model_init_kwargs = {"revision": model_args.model_revision, "dtype": getattr(torch, plan["load_dtype"]),
                                        "attn_implementation": model_args.attn_implementation}
     trainer = ClipHigherGRPOTrainer(model=model_args.model_name_or_path, reward_funcs=reward_funcs,
                                     args=training_args, train_dataset=train_ds, processing_class=tokenizer)
+    if validation_data is not None:
+        trainer.add_callback(validation.Validation(trainer, script_args, tokenizer, validation_data).callback())
     out = training_args.output_dir
     checkpoint = training_args.resume_from_checkpoint or last_checkpoint(out)
     summary_path = os.path.join(out, "summary.json")

@@ -53,7 +53,8 @@ def train(args, backend: str, port: int | None, out_dir: str) -> dict:
             "--prepare_kwargs", json.dumps({"tiny_dir": tiny}), "--model_name_or_path", f"{tiny}/sft",
             "--dataset_name", f"{tiny}/train.parquet",
             "--heldout_file", "", "--output_dir", out_dir, "--total_generation_steps", str(args.steps),
-            "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--log_completions", "false"]
+            "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--log_completions", "false",
+            "--validation_before_training", "false", "--validation_every_generation_steps", "0"]  # generation only
     if backend == "colocate":
         cmd += ["--use_vllm", "true", "--vllm_mode", "colocate"]
     elif backend == "server":
@@ -78,7 +79,7 @@ def serve(model: str, port: int, log_path: str):
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
     start = time.time()
     proc = subprocess.Popen(["trl", "vllm-serve", "--model", model, "--dtype", "float32", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+                             "--port", str(port), "--no-enable-chunked-prefill"], env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     while time.time() - start < 900:
         if proc.poll() is not None:

@@ -92,11 +92,21 @@ def test_cpu_nodes_get_a_float32_eager_server_with_a_bounded_kv_cache_and_node_a
                             addresses={"node1": "10.0.0.1", "node3": "10.0.0.3"}, cpu=True, cpu_kv_cache_gib=2,
                             server_args=["--max_num_seqs", "64"])
     assert plan[0]["command"] == ("VLLM_CPU_KVCACHE_SPACE=2 trl vllm-serve --model .cache/tiny/sft --tensor_parallel_size 1 "
-                                  "--host 0.0.0.0 --port 8000 --dtype float32 --enforce_eager true --max_model_len 96 "
-                                  "--max_num_seqs 64")
+                                  "--host 0.0.0.0 --port 8000 --dtype float32 --enforce_eager true "
+                                  "--no-enable-chunked-prefill --max_model_len 96 --max_num_seqs 64")
     rank0 = plan[1]["command"]
     assert "--main_process_ip 10.0.0.1" in rank0 and "--vllm_server_host 10.0.0.3" in rank0
     assert "--num_processes 2 --mixed_precision no train_grpo.py" in rank0  # DeepSpeed on CPUs: no bf16 engine
+
+
+def test_a_cpu_server_holds_a_validation_response():
+    tiny = {"model_name_or_path": "m", "max_prompt_length": 64, "max_completion_length": 32,
+            "validation_benchmarks": ["heldout"], "validation_max_new_tokens": 40}
+    plan = ls.node_commands(["n1", "n2"], "r.yaml", tiny, 1, "accelerate_configs/cpu.yaml", cpu=True)
+    assert "--max_model_len 104" in plan[0]["command"]  # 64 + max(32, 40)
+    plan = ls.node_commands(["n1", "n2"], "r.yaml", {**tiny, "validation_benchmarks": []}, 1,
+                            "accelerate_configs/cpu.yaml", cpu=True)
+    assert "--max_model_len 96" in plan[0]["command"]
 
 
 def test_colocated_generation_uses_every_node_for_training():

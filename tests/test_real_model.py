@@ -122,6 +122,15 @@ def test_three_generation_steps_raise_rollout_and_heldout_accuracy(real_assets, 
     assert written["data"] == {"rows": 320, "duplicates_dropped": 0, "too_long_dropped": 0, "kept": 320}
     assert last - first >= MIN_ROLLOUT_GAIN
     assert after - before >= MIN_HELDOUT_GAIN
+    # real_cpu.yaml validates the held-out split (greedy) before training and after every generation step; its curve
+    # starts and ends where summary.json's greedy accuracies do (they batch 64 prompts, validation 16 as eval.py: left
+    # padding can flip a rare token, so 2 of 80 problems may differ)
+    with open(out / "validation" / "metrics.jsonl") as f:
+        curve = [(m["generation_step"], m["scalars"]["validation/heldout/avg@1"] / 100) for m in map(json.loads, f)]
+    print(f"[learning] validation curve (generation step, held-out greedy accuracy): {curve}", flush=True)
+    assert [step for step, _ in curve] == [0, 1, 2, 3]
+    assert abs(curve[0][1] - before) <= 2 / 80 and abs(curve[-1][1] - after) <= 2 / 80
+    assert (out / "validation" / "accuracy_vs_step.png").exists()
     saved = json.loads((out / "generation_config.json").read_text())  # TRL's trainer stores eos as a list
     assert (saved["eos_token_id"], saved["pad_token_id"]) == ([2], 0)
 

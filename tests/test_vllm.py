@@ -198,6 +198,25 @@ def test_colocate_mode_on_two_processes_learns(tiny_assets, tmp_path):
     summary = json.load(open(out / "summary.json"))
     assert summary["global_step"] == 60
     assert summary["accuracy_after"] >= summary["accuracy_before"] + 0.10, summary
+    assert_validation_curve(out, "vllm_colocate")
+
+
+def assert_validation_curve(out, engine: str) -> None:
+    """tiny.yaml validates its held-out split (avg@4, temperature 0.7, seeded) before training, every 25 steps and at
+    the last, on the run's vLLM engine, after the weight sync: the same seeds give other samples once trained."""
+    with open(out / "validation" / "metrics.jsonl") as f:
+        lines = [json.loads(line) for line in f]
+    assert [(m["generation_step"], m["engine"]) for m in lines] == [(0, engine), (25, engine), (30, engine)]
+    samples = {}
+    for step in (0, 30):
+        with open(out / "validation" / f"step_{step}" / "heldout.jsonl") as f:
+            samples[step] = {(r["example_id"], r["round"]): r["response"] for r in map(json.loads, f)}
+    assert samples[0].keys() == samples[30].keys() and len(samples[0]) == 800
+    changed = sum(samples[0][k] != samples[30][k] for k in samples[0])
+    assert changed >= 40, changed  # stale weights would repeat all 800 samples
+    assert (out / "validation" / "accuracy_vs_step.png").exists()
+    curve = [m["scalars"]["validation/heldout/avg@4"] for m in lines]
+    print(f"[validation {engine}] avg@4 at generation steps 0, 25, 30: {curve}; {changed} of 800 samples changed")
 
 
 # ---------------------------------------------------------------- server mode
@@ -208,7 +227,7 @@ def server(tiny_assets, tmp_path_factory):
     port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     cmd = ["trl", "vllm-serve", "--model", tiny_assets["model"], "--dtype", "float32",
-           "--host", "127.0.0.1", "--port", str(port)]
+           "--host", "127.0.0.1", "--port", str(port), "--no-enable-chunked-prefill"]
     with open(log_path, "w") as log:
         # vLLM's CPU server otherwise reserves 90% of the NUMA node's memory (--gpu-memory-utilization) for its KV cache
         proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(ENV, VLLM_CPU_KVCACHE_SPACE="1"), stdout=log,
@@ -246,6 +265,7 @@ def test_server_mode_learns(server, tiny_assets, tmp_path):
     summary = json.load(open(out / "summary.json"))
     assert summary["global_step"] == 60
     assert summary["accuracy_after"] >= summary["accuracy_before"] + 0.10, summary
+    assert_validation_curve(out, "vllm_server")
 
 
 @pytest.fixture(scope="module")

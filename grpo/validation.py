@@ -1,0 +1,439 @@
+"""Validation inside training, as JustRL ran it: benchmarks sampled with the run's own generation engine before
+training and every N generation steps, graded, and logged as curves (JustRL's Figure 1 is such a curve).
+
+JustRL's launch script (veRL 0.4): val_before_train, test_freq 50 generation steps, AIME24 / AIME25 / AMC23, n 32,
+temperature 0.7, top_p 0.9, 31744 new tokens, graded by veRL's math-verify rule, logged per benchmark as the mean
+score (avg@32). veRL also validates after the last step; so does this. Recipe keys (train_grpo.ScriptArguments):
+validation_benchmarks (eval.py's names, NAME=path as eval.py's --extra, or `heldout`: the recipe's heldout_file,
+left out when that is unset),
+validation_data_dir,
+validation_every_generation_steps, validation_before_training, validation_n_samples, validation_temperature,
+validation_top_p, validation_max_new_tokens, validation_grader ("math_verify" or "eval"), validation_limit,
+validation_batch_size, validation_prompt_template.
+
+Why not TRL's evaluation (eval_strategy): it scores an eval split with the training reward and the training sampling,
+one group per prompt; it writes no per-sample outputs and has no avg@k / pass@k.
+
+How it runs, in every process at the same step (TrainerCallback.on_train_begin / on_step_end):
+  - engine: the run's own. Colocated vLLM (each process its share of the prompts, after TRL's weight sync), the vLLM
+    server (the main process sends every prompt, after the weight sync; the server parallelises), or transformers'
+    generate on the live model (each process its share; under ZeRO-3 the parameters are gathered as TRL does). No
+    second copy of the model is loaded.
+  - samples: eval.py's requests (prompt template, system prompt, seed + round per sample round, transformers chunks),
+    so at temperature 0 (and, with the transformers engine, at any temperature) the samples are eval.py's on the
+    same checkpoint. Every validation runs inside torch.random.fork_rng (and saved python / numpy states): the training
+    random streams are untouched. vLLM samples with per-request seeds, which do not draw from the engine's stream.
+  - outputs: <output_dir>/validation/step_<N>/ (N in generation steps) in eval.py's format (<NAME>.jsonl, config.json,
+    results.json / results.md / PNGs: `python eval.py --regrade --output_dir .../step_<N>` re-grades them),
+    validation/metrics.jsonl (one line per validation), validation/accuracy_vs_step.png (avg@k per benchmark against
+    generation step), TensorBoard scalars validation/<NAME>/{avg@k, pass@k, mean_response_tokens, truncated_fraction}
+    and validation/time_s at the trainer's global step. A validation whose results.json exists is not redone (resume).
+"""
+
+import functools
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
+GRADERS = ("math_verify", "eval")
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def math_verify_rule(response: str, answer: str) -> bool:
+    """veRL's math-verify scorer (JustRL's validation grader): the gold answer wrapped in \\boxed{} and read with
+    math-verify's LaTeX extraction, the response read with its expression and LaTeX extractions, verified by
+    math-verify; a parser error or a math-verify time-out scores False."""
+    from math_verify.errors import TimeoutException
+
+    try:
+        score, _ = _math_verify_metric()(["\\boxed{" + answer + "}"], [response])
+    except (Exception, TimeoutException):
+        return False
+    return score > 0
+
+
+@functools.cache
+def _math_verify_metric():
+    from math_verify.metric import math_metric
+    from math_verify.parser import ExprExtractionConfig, LatexExtractionConfig
+
+    logging.getLogger("math_verify.metric").setLevel(logging.ERROR)  # a warning per response without an answer
+    return math_metric(gold_extraction_target=(LatexExtractionConfig(),),
+                       pred_extraction_target=(ExprExtractionConfig(), LatexExtractionConfig()))
+
+
+def grade_responses(pairs: list[tuple[str, str]], grader: str) -> list[bool]:
+    """(response, answer) pairs -> verdicts under `grader`: "math_verify" (veRL's rule, as JustRL's curves were
+    graded) or "eval" (eval.py's rule grader, grading.grade)."""
+    if grader == "math_verify":
+        return [math_verify_rule(response, answer) for response, answer in pairs]
+    if grader == "eval":
+        from grading import grade_many
+        return grade_many(pairs)
+    raise ValueError(f"validation_grader: {grader!r} is not one of {list(GRADERS)}")
+
+
+def validation_due(generation_step: int, every: int, last_step: int, before_training: bool) -> bool:
+    """Whether generation step `generation_step` (0 = before training) is validated: step 0 when before_training;
+    a positive step when every > 0 divides it, or when it is the run's last (veRL validates after its last step)."""
+    if generation_step == 0:
+        return before_training
+    return every > 0 and (generation_step % every == 0 or generation_step == last_step)
+
+
+def share_of(requests: list[dict], rank: int, world: int) -> list[dict]:
+    """This process's requests: whole chunks (same `chunk` id, sampled together) dealt round-robin in first-seen
+    order, so every chunk is generated exactly as eval.py generates it, on one process."""
+    order = list(dict.fromkeys(r["chunk"] for r in requests))
+    mine = {chunk for i, chunk in enumerate(order) if i % world == rank}
+    return [r for r in requests if r["chunk"] in mine]
+
+
+def curve_scalars(name: str, metrics: dict) -> dict[str, float]:
+    """TensorBoard scalars of one benchmark's eval_report.benchmark_metrics: avg@k and pass@k in percent, mean
+    response tokens, fraction of responses cut at the token limit."""
+    k = metrics["n_samples"]
+    return {f"validation/{name}/avg@{k}": 100 * metrics["avg_at_k"],
+            f"validation/{name}/pass@{k}": 100 * metrics["pass_at_k"][str(k)],
+            f"validation/{name}/mean_response_tokens": metrics["mean_tokens"],
+            f"validation/{name}/truncated_fraction": metrics["truncated"] / metrics["n_responses"]}
+
+
+def check_settings(script_args) -> None:
+    """Bad validation keys fail at start-up, naming the key."""
+    if script_args.validation_grader not in GRADERS:
+        raise ValueError(f"validation_grader: {script_args.validation_grader!r} is not one of {list(GRADERS)}")
+    from eval import BENCHMARKS, parse_extra
+
+    for spec in script_args.validation_benchmarks:
+        if "=" in spec:
+            parse_extra(spec)
+        elif spec != "heldout" and spec not in BENCHMARKS:
+            raise ValueError(f"validation_benchmarks: unknown benchmark {spec!r}; use eval.py's names "
+                             f"{list(BENCHMARKS)}, heldout (the recipe's heldout_file) or NAME=path")
+    if script_args.validation_every_generation_steps < 0:
+        raise ValueError(f"validation_every_generation_steps: {script_args.validation_every_generation_steps} must be "
+                         ">= 0 (0: no validation during training)")
+    for key in ("validation_max_new_tokens", "validation_batch_size"):
+        if getattr(script_args, key) < 1:
+            raise ValueError(f"{key}: {getattr(script_args, key)} must be at least 1")
+    for key in ("validation_n_samples", "validation_limit"):
+        if getattr(script_args, key) is not None and getattr(script_args, key) < 1:
+            raise ValueError(f"{key}: {getattr(script_args, key)} must be at least 1 (or leave it out)")
+    if script_args.validation_temperature < 0:
+        raise ValueError(f"validation_temperature: {script_args.validation_temperature} must be >= 0 (0: greedy)")
+    if not 0 < script_args.validation_top_p <= 1:
+        raise ValueError(f"validation_top_p: {script_args.validation_top_p} must be in (0, 1]")
+
+
+def benchmark_specs(script_args) -> list[str]:
+    """validation_benchmarks with `heldout` resolved to heldout=<heldout_file>, or dropped when heldout_file is unset
+    (a run that turns its held-out evaluation off turns that validation off too; the log says so)."""
+    specs = []
+    for b in script_args.validation_benchmarks:
+        if b != "heldout":
+            specs.append(b)
+        elif script_args.heldout_file:
+            specs.append(f"heldout={script_args.heldout_file}")
+    return specs
+
+
+def enabled(script_args) -> bool:
+    """Validation runs when benchmarks are listed and something schedules it."""
+    return bool(benchmark_specs(script_args)) and (script_args.validation_before_training
+                                                   or script_args.validation_every_generation_steps > 0)
+
+
+def eval_args(script_args):
+    """eval.py's settings for the validation keys (its benchmark loading, requests and output format are reused)."""
+    from eval import PROMPT_TEMPLATE, EvalArgs, parse_extra
+
+    specs = benchmark_specs(script_args)
+    if "heldout" in script_args.validation_benchmarks and not script_args.heldout_file:
+        print("[validation] heldout_file is unset: 'heldout' is left out of validation_benchmarks", flush=True)
+    extra = [b for b in specs if "=" in b]
+    names = [b.partition("=")[0] for b in specs]
+    for spec in extra:
+        parse_extra(spec)
+    return EvalArgs(benchmarks=names, extra=extra, data_dir=script_args.validation_data_dir,
+                    n_samples=script_args.validation_n_samples, limit=script_args.validation_limit,
+                    temperature=script_args.validation_temperature, top_p=script_args.validation_top_p,
+                    max_new_tokens=script_args.validation_max_new_tokens,
+                    prompt_template=script_args.validation_prompt_template or PROMPT_TEMPLATE,
+                    system_prompt=script_args.system_prompt, seed=script_args.validation_seed,
+                    batch_size=script_args.validation_batch_size, dtype="float32")
+
+
+def load_benchmarks(script_args) -> tuple[object, dict]:
+    """(EvalArgs, {name: (problems, n_samples, source)}); fails at start-up on a missing file or column."""
+    args = eval_args(script_args)
+    from eval import load_benchmark
+
+    return args, {name: load_benchmark(name, args) for name in args.benchmarks}
+
+
+# ---------------------------------------------------------------- the callback
+
+
+def _engine(trainer) -> str:
+    if not trainer.use_vllm:
+        return "transformers"
+    return f"vllm_{trainer.args.vllm_mode}"
+
+
+class Validation:
+    """Runs validations for one trainer (see the module docstring); `callback()` hooks it into the Trainer."""
+
+    def __init__(self, trainer, script_args, tokenizer, loaded=None):
+        self.trainer, self.script_args, self.tokenizer = trainer, script_args, tokenizer
+        self.args, self.benchmarks = loaded or load_benchmarks(script_args)
+        self.engine = _engine(trainer)
+        self.dir = Path(trainer.args.output_dir) / "validation"
+        a = trainer.args
+        self.updates_per_generation = a.steps_per_generation // a.gradient_accumulation_steps * a.num_iterations
+        self.last_step = -(-a.max_steps // self.updates_per_generation) if a.max_steps > 0 else -1
+        self.grader_note = ("veRL's math-verify rule, as JustRL's curves" if script_args.validation_grader ==
+                            "math_verify" else "eval.py's rule grader")
+
+    def check_engine_length(self) -> None:
+        """A vLLM engine must hold the longest validation prompt plus validation_max_new_tokens: checked when the
+        run starts, not at the first validation hours later."""
+        trainer = self.trainer
+        if self.engine == "vllm_colocate":
+            limit, where = trainer.vllm_generation.llm.llm_engine.model_config.max_model_len, "vllm_max_model_length"
+        elif self.engine == "vllm_server" and trainer.accelerator.is_main_process:
+            info = trainer.vllm_generation.vllm_client.get_server_info()
+            limit, where = info.get("model_config", {}).get("max_model_len"), "the server's --max_model_len"
+            if (info.get("device_config", {}).get("device") == "cpu"
+                    and info.get("scheduler_config", {}).get("enable_chunked_prefill")):
+                raise ValueError("validation: the vLLM server runs on a CPU with chunked prefill on; vLLM's CPU build "
+                                 "cannot sample a seeded request whose prompt is split over two steps ('CPU Generator "
+                                 "does not use offset', which kills the server's engine), and validation seeds every "
+                                 "sample. Restart the server with --no-enable-chunked-prefill.")
+        else:
+            return
+        tok = self.tokenizer
+        prompts = {json.dumps(r["messages"]): r["messages"] for r in self.requests()}
+        longest = max(len(tok(tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
+                              add_special_tokens=False)["input_ids"]) for m in prompts.values())
+        if limit and longest + self.args.max_new_tokens > limit:
+            raise ValueError(f"validation: the longest validation prompt ({longest} tokens) plus "
+                             f"validation_max_new_tokens={self.args.max_new_tokens} exceeds the vLLM engine's context "
+                             f"of {limit} tokens ({where}): raise {where} or lower validation_max_new_tokens.")
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        validation = self
+
+        self.check_engine_length()
+
+        class ValidationCallback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                if state.global_step == 0:
+                    validation.maybe_run(0)
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step % validation.updates_per_generation == 0:
+                    validation.maybe_run(state.global_step // validation.updates_per_generation)
+
+        return ValidationCallback()
+
+    def maybe_run(self, step: int) -> None:
+        s = self.script_args
+        if not validation_due(step, s.validation_every_generation_steps, self.last_step, s.validation_before_training):
+            return
+        # logged before an interruption: not redone. The main process decides for all (a shared filesystem may show
+        # the file to some nodes later than to others).
+        from accelerate.utils import broadcast_object_list
+
+        done = [(self.dir / f"step_{step}" / "results.json").exists()]
+        broadcast_object_list(done, from_process=0)
+        if not done[0]:
+            self.run(step)
+
+    def requests(self) -> list[dict]:
+        from eval import plan_requests
+
+        chunk = self.args.batch_size if self.engine == "transformers" else 1
+        return [r for name, (problems, n, _) in self.benchmarks.items()
+                for r in plan_requests(name, problems, n, self.args, chunk)]
+
+    def run(self, step: int) -> dict:
+        import numpy as np
+        import torch
+
+        trainer = self.trainer
+        start = time.perf_counter()
+        requests = self.requests()
+        sampling = {"temperature": self.args.temperature, "top_p": self.args.top_p,
+                    "max_new_tokens": self.args.max_new_tokens}
+        py_state, np_state = random.getstate(), np.random.get_state()
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            outputs = self._generate(requests, sampling)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        # grading: each process its share of the samples (the server path returned every sample to every process)
+        if self.engine == "vllm_server":
+            outputs = outputs[trainer.accelerator.process_index::trainer.accelerator.num_processes]
+        verdicts = grade_responses([(r["response"], r["answer"]) for r in outputs], self.script_args.validation_grader)
+        from grading import extract_answer
+        for r, ok in zip(outputs, verdicts):
+            r.update(extracted=extract_answer(r["response"]), rule_correct=bool(ok), verifier_correct=None,
+                     correct=bool(ok))
+        records = _gather_to_main(outputs)
+        results = None
+        if trainer.accelerator.is_main_process:
+            results = self._write(step, records, time.perf_counter() - start)
+        trainer.accelerator.wait_for_everyone()
+        return results
+
+    def _generate(self, requests: list[dict], sampling: dict) -> list[dict]:
+        """Sample records (eval.py's fields up to finish_reason) with the run's engine; under vllm_server every
+        process gets all of them, otherwise its own share."""
+        trainer = self.trainer
+        acc = trainer.accelerator
+        keys = ("benchmark", "example_id", "round", "problem", "prompt", "answer", "seed")
+        if self.engine == "transformers":
+            from trl.models import unwrap_model_for_generation
+
+            from generation import sample_transformers
+            mine = share_of(requests, acc.process_index, acc.num_processes)
+            with unwrap_model_for_generation(trainer.model_wrapped, acc,
+                                             gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+                                             gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs
+                                             ) as model:
+                was_training = model.training
+                model.eval()
+                try:
+                    pairs = list(sample_transformers(model, self.tokenizer, mine, sampling))
+                finally:
+                    model.train(was_training)
+            return [{**{k: r[k] for k in keys}, **out} for r, out in pairs]
+        # vLLM: the engine must hold the current weights. TRL syncs when the step changed (and after sleep mode
+        # discarded them); syncing here marks the step loaded, so the next training generation does not sync again.
+        gen = trainer.vllm_generation
+        asleep = getattr(gen, "enable_sleep_mode", False) and getattr(gen, "_llm_weights_sleeping", False)
+        if asleep or trainer._last_loaded_step != trainer.state.global_step:
+            gen.sync_weights()
+            trainer._last_loaded_step = trainer.state.global_step
+        if self.engine == "vllm_colocate":
+            from generation import _vllm_batches
+            mine = share_of(requests, acc.process_index, acc.num_processes)
+            if gen.enable_sleep_mode:  # as TRL's generate: KV cache up for sampling, everything asleep after
+                gen.llm.wake_up(tags=["kv_cache"])
+            try:
+                pairs = [pair for batch in _vllm_batches(gen.llm, mine, sampling) for pair in batch]
+            finally:
+                if gen.enable_sleep_mode:
+                    gen.llm.sleep(level=2)
+                    gen._llm_weights_sleeping = True
+            return [{**{k: r[k] for k in keys}, **out} for r, out in pairs]
+        from accelerate.utils import broadcast_object_list
+        payload = [self._server_generate(requests, sampling) if acc.is_main_process else None]
+        broadcast_object_list(payload, from_process=0)
+        return payload[0]
+
+    def _server_generate(self, requests: list[dict], sampling: dict) -> list[dict]:
+        """Main process: one request to the server per sample round (all of a round's prompts share its seed, as
+        eval.py's vLLM backend seeds them)."""
+        client, tok = self.trainer.vllm_generation.vllm_client, self.tokenizer
+        keys = ("benchmark", "example_id", "round", "problem", "prompt", "answer", "seed")
+        by_seed: dict[int, list[dict]] = {}
+        for r in requests:
+            by_seed.setdefault(r["seed"], []).append(r)
+        records = []
+        for seed, rs in by_seed.items():
+            ids = [tok(tok.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True),
+                       add_special_tokens=False)["input_ids"] for r in rs]
+            out = client.generate(prompts=ids, n=1, temperature=sampling["temperature"], top_p=sampling["top_p"],
+                                  max_tokens=sampling["max_new_tokens"], logprobs=None,
+                                  generation_kwargs={"seed": seed})
+            for r, completion in zip(rs, out["completion_ids"]):
+                stopped = bool(completion) and completion[-1] == tok.eos_token_id
+                records.append({**{k: r[k] for k in keys},
+                                "response": tok.decode(completion, skip_special_tokens=True),
+                                "n_tokens": len(completion),
+                                "finish_reason": "stop" if stopped or len(completion) < sampling["max_new_tokens"]
+                                else "length"})
+        return records
+
+    def _write(self, step: int, records: list[dict], seconds: float) -> dict:
+        """Main process: eval.py's files for this step, metrics.jsonl, the curve PNG, TensorBoard, one log line."""
+        import eval_report
+        from eval import run_config, write_canonical
+
+        trainer = self.trainer
+        out = self.dir / f"step_{step}"
+        out.mkdir(parents=True, exist_ok=True)
+        per_benchmark = {}
+        for name in self.benchmarks:
+            rows = [{k: v for k, v in r.items() if k != "benchmark"} for r in records if r["benchmark"] == name]
+            write_canonical(out / f"{name}.jsonl", rows)
+            per_benchmark[name] = eval_report.benchmark_metrics(rows)
+        sources = {name: {"source": src, "n_samples": n} for name, (_, n, src) in self.benchmarks.items()}
+        model = f"{trainer.args.output_dir} at generation step {step}"
+        config = run_config(self.args, model, self.engine, sources)
+        config["grading"]["grader"] = self.script_args.validation_grader
+        config["training"] = {"generation_step": step, "global_step": trainer.state.global_step,
+                              "seconds": round(seconds, 3)}
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        results = eval_report.summarize(per_benchmark, model)
+        eval_report.write_results(out, results)  # results.json last: its presence marks the validation done
+        scalars = {key: value for name, m in per_benchmark.items() for key, value in curve_scalars(name, m).items()}
+        scalars["validation/time_s"] = seconds
+        line = {"generation_step": step, "global_step": trainer.state.global_step, "seconds": round(seconds, 3),
+                "grader": self.script_args.validation_grader, "engine": self.engine, "scalars": scalars}
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+        self._plot()
+        writer = _tensorboard_writer(trainer)
+        if writer is not None:
+            for key, value in scalars.items():
+                writer.add_scalar(key, value, trainer.state.global_step)
+            writer.flush()
+        trainer.state.log_history.append({**scalars, "generation_step": step, "step": trainer.state.global_step})
+        when = "before training" if step == 0 else f"generation step {step}"
+        summary = ", ".join(f"{name} avg@{m['n_samples']} {100 * m['avg_at_k']:.1f}% pass@{m['n_samples']} "
+                            f"{100 * m['pass_at_k'][str(m['n_samples'])]:.1f}% ({m['mean_tokens']:.0f} tokens, "
+                            f"{m['truncated']}/{m['n_responses']} truncated)" for name, m in per_benchmark.items())
+        print(f"[validation] {when}: {summary}; {len(records)} samples on {self.engine} in {seconds:.1f} s; graded "
+              f"by {self.script_args.validation_grader} ({self.grader_note}); {out}", flush=True)
+        return results
+
+    def _plot(self) -> None:
+        """validation/accuracy_vs_step.png from every completed step directory (a resumed run's included)."""
+        import eval_report
+
+        done = sorted((int(d.name.removeprefix("step_")), str(d)) for d in self.dir.glob("step_*")
+                      if (d / "results.json").exists())
+        try:
+            eval_report.plot_runs([d for _, d in done], self.dir / "accuracy_vs_step.png", [s for s, _ in done],
+                                  xlabel="generation step")
+        except Exception as error:  # a plot must never stop a training run
+            print(f"[validation] could not draw {self.dir / 'accuracy_vs_step.png'}: {error}", file=sys.stderr)
+
+
+def _gather_to_main(records: list[dict]) -> list[dict] | None:
+    """Every process's records on the main process only (a JustRL validation holds ~3k responses of up to 31k
+    tokens: no reason to copy them to every process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return records
+    parts = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(records, parts, dst=0)
+    return [r for part in parts for r in part] if parts is not None else None
+
+
+def _tensorboard_writer(trainer):
+    from transformers.integrations import TensorBoardCallback
+
+    return next((cb.tb_writer for cb in trainer.callback_handler.callbacks
+                 if isinstance(cb, TensorBoardCallback) and getattr(cb, "tb_writer", None) is not None), None)
