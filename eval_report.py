@@ -207,7 +207,7 @@ def plot_runs(run_dirs: list[str], path: Path, steps: list[int] | None = None, x
         results = json.loads(results_path.read_text())
         for name, m in results["benchmarks"].items():
             series.setdefault(name, []).append((step, 100 * m["avg_at_k"]))
-        if results["average"]["avg_at_k"] is not None:
+        if results["average"]["avg_at_k"] is not None and len(results["benchmarks"]) > 1:  # one benchmark: itself
             series.setdefault("average", []).append((step, 100 * results["average"]["avg_at_k"]))
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -215,6 +215,8 @@ def plot_runs(run_dirs: list[str], path: Path, steps: list[int] | None = None, x
         ax.plot([s for s, _ in points], [v for _, v in points], marker="o", label=name,
                 linewidth=2.5 if name == "average" else 1.2)
     ax.set_xlabel(xlabel)
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_ylabel("avg@k (%)")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -221,7 +221,22 @@ def test_accuracy_against_step_from_checkpoint_dir_names(tmp_path):
         (run / "results.json").write_text(json.dumps(results))
     series = eval_report.plot_runs([str(tmp_path / "checkpoint-100"), str(tmp_path / "checkpoint-50")],
                                    tmp_path / "steps.png")
-    assert series == {"AIME24": [(50, 25.0), (100, 50.0)], "average": [(50, 25.0), (100, 50.0)]}
+    assert series == {"AIME24": [(50, 25.0), (100, 50.0)]}  # one benchmark: no separate average line
+    _assert_png(tmp_path / "steps.png")
+
+
+def test_accuracy_against_step_averages_several_benchmarks(tmp_path):
+    for step, accs in [(10, (0.5, 0.25)), (20, (1.0, 0.5))]:
+        run = tmp_path / f"checkpoint-{step}"
+        run.mkdir()
+        results = _results()
+        results["benchmarks"] = {"AIME24": {"avg_at_k": accs[0]}, "AMC23": {"avg_at_k": accs[1]}}
+        results["average"]["avg_at_k"] = sum(accs) / 2
+        (run / "results.json").write_text(json.dumps(results))
+    series = eval_report.plot_runs([str(tmp_path / "checkpoint-10"), str(tmp_path / "checkpoint-20")],
+                                   tmp_path / "steps.png", xlabel="generation step")
+    assert series == {"AIME24": [(10, 50.0), (20, 100.0)], "AMC23": [(10, 25.0), (20, 50.0)],
+                      "average": [(10, 37.5), (20, 75.0)]}
     _assert_png(tmp_path / "steps.png")
 
 

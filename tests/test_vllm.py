@@ -216,7 +216,9 @@ def assert_validation_curve(out, engine: str) -> None:
     assert changed >= 40, changed  # stale weights would repeat all 800 samples
     assert (out / "validation" / "accuracy_vs_step.png").exists()
     curve = [m["scalars"]["validation/heldout/avg@4"] for m in lines]
-    print(f"[validation {engine}] avg@4 at generation steps 0, 25, 30: {curve}; {changed} of 800 samples changed")
+    summary = json.load(open(out / "summary.json"))
+    print(f"\n[learning {engine}] held-out greedy {summary['accuracy_before']:.3f} -> {summary['accuracy_after']:.3f}; "
+          f"validation avg@4 at generation steps 0, 25, 30: {curve}; {changed} of 800 samples changed", flush=True)
 
 
 # ---------------------------------------------------------------- server mode
