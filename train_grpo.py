@@ -626,9 +626,9 @@ def main(argv=None):
     with training_args.main_process_first(desc="prompts"):  # the main process fills the datasets cache
         train_ds, counts = load_prompts(script_args, tokenizer)
         heldout = load_prompts(script_args, tokenizer, path=script_args.heldout_file)[0] if script_args.heldout_file else None
+        # validation benchmarks: a missing file or column fails here, before the model loads
+        validation_data = validation.load_benchmarks(script_args) if validation.enabled(script_args) else None
     print(f"[data] {json.dumps(counts)}", flush=True)
-    # validation benchmarks: a missing file or column fails here, before the model loads
-    validation_data = validation.load_benchmarks(script_args) if validation.enabled(script_args) else None
 
     training_args.model_init_kwargs = {"revision": model_args.model_revision, "dtype": getattr(torch, plan["load_dtype"]),
                                        "attn_implementation": model_args.attn_implementation}
@@ -667,6 +667,9 @@ def main(argv=None):
     if trainer.accelerator.is_main_process:
         _write_json(summary_path, summary)
         print(f"[summary] {json.dumps(summary)}", flush=True)
+    # Leave the process group before the interpreter exits: a finished 2-process ZeRO-3 CPU run once aborted in
+    # teardown ("terminate called without an active exception"), turning a successful run into a failed one.
+    trainer.accelerator.end_training()
     return summary
 
 

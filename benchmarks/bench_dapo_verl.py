@@ -15,11 +15,9 @@ read. Every field of the result (score, acc, pred) must agree. CPU only, ~1-2 mi
 
 import argparse
 import ast
-import glob
 import hashlib
 import os
 import random
-import subprocess
 import sys
 import time
 import types
@@ -35,21 +33,14 @@ CACHE = os.path.join(".cache", "verl")
 
 def fetch_verl_source(cache_dir: str = CACHE) -> str:
     """The text of veRL 0.4.0's math_dapo.py, read from its wheel (downloaded into cache_dir once)."""
-    wheels = glob.glob(os.path.join(cache_dir, "verl-0.4.0-*.whl"))
-    if not wheels:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", PACKAGE, "-d",
-                   cache_dir]
-        done = subprocess.run(command, capture_output=True, text=True)
-        wheels = glob.glob(os.path.join(cache_dir, "verl-0.4.0-*.whl"))
-        if done.returncode != 0 or not wheels:
-            raise SystemExit(f"could not fetch {PACKAGE} from PyPI: {' '.join(command)}\n"
-                             f"{(done.stderr or done.stdout).strip()[-1000:]}\n"
-                             f"Run it where PyPI is reachable and copy the wheel into {cache_dir}/.")
-    with open(wheels[0], "rb") as f:
+    from real_model import download_wheel
+
+    wheel_path = download_wheel(PACKAGE, "verl-0.4.0-*.whl", cache_dir)
+    with open(wheel_path, "rb") as f:
         if hashlib.sha256(f.read()).hexdigest() != WHEEL_SHA256:
-            raise SystemExit(f"{wheels[0]} is not the verl 0.4.0 wheel this was measured with (sha256 "
+            raise SystemExit(f"{wheel_path} is not the verl 0.4.0 wheel this was measured with (sha256 "
                              f"{WHEEL_SHA256}); delete it and run again")
-    with zipfile.ZipFile(wheels[0]) as wheel:
+    with zipfile.ZipFile(wheel_path) as wheel:
         return wheel.read(FILE_IN_WHEEL).decode("utf-8")
 
 

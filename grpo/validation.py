@@ -4,12 +4,10 @@ training and every N generation steps, graded, and logged as curves (JustRL's Fi
 JustRL's launch script (veRL 0.4): val_before_train, test_freq 50 generation steps, AIME24 / AIME25 / AMC23, n 32,
 temperature 0.7, top_p 0.9, 31744 new tokens, graded by veRL's math-verify rule, logged per benchmark as the mean
 score (avg@32). veRL also validates after the last step; so does this. Recipe keys (train_grpo.ScriptArguments):
-validation_benchmarks (eval.py's names, NAME=path as eval.py's --extra, or `heldout`: the recipe's heldout_file,
-left out when that is unset),
-validation_data_dir,
-validation_every_generation_steps, validation_before_training, validation_n_samples, validation_temperature,
-validation_top_p, validation_max_new_tokens, validation_grader ("math_verify" or "eval"), validation_limit,
-validation_batch_size, validation_prompt_template.
+validation_benchmarks (eval.py's names, NAME=path as eval.py's --extra, or `heldout`: the recipe's heldout_file, left
+out when that is unset), validation_data_dir, validation_every_generation_steps, validation_before_training,
+validation_n_samples, validation_temperature, validation_top_p, validation_max_new_tokens, validation_grader
+("math_verify" or "eval"), validation_prompt_template, validation_seed, validation_limit, validation_batch_size.
 
 Why not TRL's evaluation (eval_strategy): it scores an eval split with the training reward and the training sampling,
 one group per prompt; it writes no per-sample outputs and has no avg@k / pass@k.
@@ -20,14 +18,22 @@ How it runs, in every process at the same step (TrainerCallback.on_train_begin /
     generate on the live model (each process its share; under ZeRO-3 the parameters are gathered as TRL does). No
     second copy of the model is loaded.
   - samples: eval.py's requests (prompt template, system prompt, seed + round per sample round, transformers chunks),
-    so at temperature 0 (and, with the transformers engine, at any temperature) the samples are eval.py's on the
-    same checkpoint. Every validation runs inside torch.random.fork_rng (and saved python / numpy states): the training
+    so they are eval.py's samples of the same weights with the same engine (seeded, at any temperature). Every validation runs inside torch.random.fork_rng (and saved python / numpy states): the training
     random streams are untouched. vLLM samples with per-request seeds, which do not draw from the engine's stream.
   - outputs: <output_dir>/validation/step_<N>/ (N in generation steps) in eval.py's format (<NAME>.jsonl, config.json,
     results.json / results.md / PNGs: `python eval.py --regrade --output_dir .../step_<N>` re-grades them),
     validation/metrics.jsonl (one line per validation), validation/accuracy_vs_step.png (avg@k per benchmark against
     generation step), TensorBoard scalars validation/<NAME>/{avg@k, pass@k, mean_response_tokens, truncated_fraction}
     and validation/time_s at the trainer's global step. A validation whose results.json exists is not redone (resume).
+
+Commands:
+    # the demo validates its held-out split (recipes/tiny.yaml's validation_* keys)
+    accelerate launch --config_file accelerate_configs/cpu.yaml train_grpo.py --config recipes/tiny.yaml
+    # JustRL's validation with the benchmark files of a local folder (<dir>/<NAME>/test.parquet)
+    accelerate launch --config_file accelerate_configs/zero3.yaml --num_processes 4 train_grpo.py \\
+        --config recipes/justrl.yaml --validation_data_dir ../shared/benchmarks
+    # re-grade one validation with eval.py's grader
+    python eval.py --regrade --output_dir outputs/tiny/validation/step_25
 """
 
 import functools

@@ -233,7 +233,8 @@ def test_justrl_topology_runs_and_learns(uninterrupted):
     assert f"node1: training node 0 -> log {out}/logs/train0-node1.log" in text
     assert f"node2: training node 1 -> log {out}/logs/train1-node2.log" in text
     assert "--num_machines 2 --machine_rank 1 --main_process_ip 127.0.0.1" in text
-    assert "--dtype float32 --enforce_eager true --max_model_len 96" in text
+    # no chunked prefill (validation's seeded requests); context 64 + max(32, validation's 40) tokens
+    assert "--dtype float32 --enforce_eager true --no-enable-chunked-prefill --max_model_len 104" in text
     summary = json.load(open(os.path.join(out, "summary.json")))
     print(f"[slurm] held-out greedy accuracy {summary['accuracy_before']:.3f} -> {summary['accuracy_after']:.3f} "
           f"after {STEPS} generation steps")
@@ -244,6 +245,12 @@ def test_justrl_topology_runs_and_learns(uninterrupted):
     assert server_log.count("POST /collective_rpc HTTP/1.1\" 200") >= STEPS
     orders = data_order(out)
     assert sorted(orders) == [0, 1] and all(len(steps) == STEPS for steps in orders.values())
+    # tiny.yaml validates its held-out split before training and at the last step, through the server
+    with open(os.path.join(out, "validation", "metrics.jsonl")) as f:
+        validations = [json.loads(line) for line in f]
+    assert [(v["generation_step"], v["engine"]) for v in validations] == [(0, "vllm_server"), (STEPS, "vllm_server")]
+    with open(os.path.join(out, "validation", f"step_{STEPS}", "heldout.jsonl")) as f:
+        assert len({(r["example_id"], r["round"]) for r in map(json.loads, f)}) == 800  # both ranks graded their half
 
 
 def kill_and_read_failure(launch: Launch, pid: int, what: str) -> str:
