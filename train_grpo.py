@@ -425,11 +425,9 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
         if not (self.log_completions and self.accelerator.is_main_process and self._logs["completion"]):
             return
         # TRL sends completion tables to wandb/trackio (and parquet files); TensorBoard gets them as text.
-        from transformers.integrations import TensorBoardCallback
-
+        from grpo.validation import tensorboard_writer
         from reward import completion_text
-        writer = next((cb.tb_writer for cb in self.callback_handler.callbacks
-                       if isinstance(cb, TensorBoardCallback) and cb.tb_writer is not None), None)
+        writer = tensorboard_writer(self)
         if writer is not None:
             n = self.num_completions_to_print or 4
             samples = zip(list(self._logs["completion"])[-n:], list(self._logs["advantages"])[-n:])

@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 
 GRADERS = ("math_verify", "eval")
+# the request fields a sample record keeps (eval.py's record, plus the benchmark it belongs to)
+RECORD_FIELDS = ("benchmark", "example_id", "round", "problem", "prompt", "answer", "seed")
 
 
 # ---------------------------------------------------------------- pure parts
@@ -305,7 +307,7 @@ class Validation:
         process gets all of them, otherwise its own share."""
         trainer = self.trainer
         acc = trainer.accelerator
-        keys = ("benchmark", "example_id", "round", "problem", "prompt", "answer", "seed")
+        keys = RECORD_FIELDS
         if self.engine == "transformers":
             from trl.models import unwrap_model_for_generation
 
@@ -350,7 +352,7 @@ class Validation:
         """Main process: one request to the server per sample round (all of a round's prompts share its seed, as
         eval.py's vLLM backend seeds them)."""
         client, tok = self.trainer.vllm_generation.vllm_client, self.tokenizer
-        keys = ("benchmark", "example_id", "round", "problem", "prompt", "answer", "seed")
+        keys = RECORD_FIELDS
         by_seed: dict[int, list[dict]] = {}
         for r in requests:
             by_seed.setdefault(r["seed"], []).append(r)
@@ -399,7 +401,7 @@ class Validation:
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
         self._plot()
-        writer = _tensorboard_writer(trainer)
+        writer = tensorboard_writer(trainer)
         if writer is not None:
             for key, value in scalars.items():
                 writer.add_scalar(key, value, trainer.state.global_step)
@@ -438,7 +440,9 @@ def _gather_to_main(records: list[dict]) -> list[dict] | None:
     return [r for part in parts for r in part] if parts is not None else None
 
 
-def _tensorboard_writer(trainer):
+def tensorboard_writer(trainer):
+    """The SummaryWriter of the trainer's TensorBoardCallback (validation curves, train_grpo's completion text); None
+    when the run does not report to TensorBoard."""
     from transformers.integrations import TensorBoardCallback
 
     return next((cb.tb_writer for cb in trainer.callback_handler.callbacks
