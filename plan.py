@@ -116,6 +116,9 @@ def resolved_config(script_args, training_args, model_args, world_size: int) -> 
     derived = {"prompts_per_step": training_args.prompts_per_step,
                "rollouts_per_prompt": training_args.num_generations,
                "optimizer_updates_per_step": training_args.optimizer_updates_per_step,
+               "num_iterations": training_args.num_iterations,
+               # what *_generation_steps are multiplied by: max_steps, save_steps, warm-up, the LR hold, validation
+               "optimizer_updates_per_generation_step": training_args.optimizer_updates_per_step * training_args.num_iterations,
                "max_prompt_length": script_args.max_prompt_length, "world_size": world_size}
     if training_args.prompts_per_step is not None:
         b = derive_batch(training_args.prompts_per_step, training_args.num_generations,

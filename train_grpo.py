@@ -15,7 +15,8 @@ How this departs from TRL's stock GRPOTrainer, and why:
      `optimizer_updates_per_step` updates. TRL's per-device batch, gradient accumulation and steps_per_generation
      are derived from the world size at launch (`derive_batch`); an impossible cluster shape fails at start-up.
   3. Step units: TRL counts optimizer updates; veRL (JustRL) counts generation steps and steps its LR scheduler
-     once per generation step. `*_generation_steps` fields take paper units and are converted; with
+     once per generation step. `*_generation_steps` fields take paper units and are converted (x
+     optimizer_updates_per_step x num_iterations, the updates of one generation step); with
      `scheduler_per_generation: true` the learning rate is constant within a generation step, as in veRL.
   4. Optimizer as veRL runs it: `weight_decay_all_params: true` (JustRL recipes) decays biases and norm weights
      too; updates land in fp32 master weights whatever the launch (`precision_plan`: DeepSpeed's fp32 copy under
@@ -155,11 +156,18 @@ class JustRLConfig(GRPOConfig):
     group_update_by_length: bool = field(default=True, metadata={
         "help": "Inside each update, micro-batches of responses of similar length (same gradient; grpo/packing.py)."})
 
+    @property
+    def updates_per_generation_step(self) -> int:
+        """Optimizer updates per generation step: optimizer_updates_per_step mini-batches, each used num_iterations
+        times (veRL's ppo_epochs; TRL reuses a generation for num_iterations passes over its micro-batches)."""
+        return self.optimizer_updates_per_step * self.num_iterations
+
     def __post_init__(self):
-        updates = self.optimizer_updates_per_step
+        updates = self.updates_per_generation_step
         if self.prompts_per_step is not None:
             world = int(os.environ.get("WORLD_SIZE", "1"))
-            b = derive_batch(self.prompts_per_step, self.num_generations, updates, world, self.per_device_train_batch_size)
+            b = derive_batch(self.prompts_per_step, self.num_generations, self.optimizer_updates_per_step, world,
+                             self.per_device_train_batch_size)
             _set_derived(self, "gradient_accumulation_steps", b["gradient_accumulation_steps"], default=1)
             _set_derived(self, "steps_per_generation", b["steps_per_generation"], default=None)
         if self.total_generation_steps is not None:
@@ -243,10 +251,12 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
 
     def __init__(self, *args, **kwargs):
         config = kwargs.get("args")
+        check_text_only(kwargs.get("processing_class"), kwargs.get("train_dataset"))
         if uses_cpu_vllm(config):  # TRL's vLLM weight sync needs CUDA: cpu_vllm.py puts a CPU one in its place
             from cpu_vllm import cpu_vllm_generation
         with cpu_vllm_generation(config.output_dir) if uses_cpu_vllm(config) else nullcontext():
             super().__init__(*args, **kwargs)
+        check_text_only(self.processing_class, None)  # TRL loads a processor itself when given none
         client = getattr(getattr(self, "vllm_generation", None), "vllm_client", None)
         if client is not None:  # TRL's client sends its requests without a timeout: a hung server would block forever
             bound_requests(client, self.args.vllm_request_timeout_s)
@@ -311,11 +321,16 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
         return self._nonfinite_skipped
 
     def _compute_loss(self, model, inputs):
-        completion_ids, mask = inputs["completion_ids"], inputs["completion_mask"]
+        """As TRL 1.16's: tool_mask (0 on tool-output tokens) multiplies the completion mask, and a MoE model's router
+        load-balancing loss is added (router_aux_loss_coef x aux / accumulation). Multimodal inputs are refused at
+        start-up (check_text_only)."""
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
-        attention_mask = torch.cat([inputs["prompt_mask"], mask], dim=1)
-        logps, entropies, _ = self._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True)
+        attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
+        mask = completion_mask if inputs.get("tool_mask") is None else completion_mask * inputs["tool_mask"]
+        logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled)
         old_logps = inputs.get("old_per_token_logps")
         old_logps = logps.detach() if old_logps is None else old_logps
         training = self.model.training
@@ -332,6 +347,9 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
         if self.args.seq_mean_loss and training:  # mean over the update's sequences (equal micro-batches)
             loss = loss / self.current_gradient_accumulation_steps
         mode = "train" if training else "eval"
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * aux_loss / (self.current_gradient_accumulation_steps if training else 1.0)
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
         stats["entropy"] = ((entropies * mask).sum(), mask.sum())
         # Global token means across processes, all metrics in one all-reduce (this runs every micro-batch).
         sums = torch.stack([torch.stack([t.detach().float(), c.float()]) for t, c in stats.values()])
@@ -392,7 +410,7 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
         the generation's average update (num_items_in_batch / updates), which scales each update by its token
         count over the average's (benchmarks/bench_normaliser.py). One all-reduce per generation; reused for num_iterations."""
         device = micro_batches[0]["completion_mask"].device
-        counts = torch.tensor([[mb["completion_mask"].sum().item(), *token_counts(mb)] for mb in micro_batches],
+        counts = torch.tensor([[_loss_mask(mb).sum().item(), *token_counts(mb)] for mb in micro_batches],
                               dtype=torch.float64, device=device)
         counts = self.accelerator.reduce(counts, reduction="sum")
         per_update = counts.view(-1, self.args.gradient_accumulation_steps, 3).sum(1)
@@ -405,8 +423,8 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
         if not self.args.scheduler_per_generation or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)
         # veRL steps the scheduler once per generation step: build it in those units and hold each value for the
-        # generation step's optimizer_updates_per_step updates.
-        updates = self.args.optimizer_updates_per_step
+        # generation step's updates (optimizer_updates_per_step x num_iterations).
+        updates = self.args.updates_per_generation_step
         self.lr_scheduler = get_scheduler(
             self.args.lr_scheduler_type, optimizer=self.optimizer if optimizer is None else optimizer,
             num_warmup_steps=self.args.warmup_generation_steps or 0,
@@ -442,7 +460,9 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
         if self.model.training and getattr(self, "_data_order_path", None):
             rows = sorted({x["row_id"] for x in inputs})
             with open(self._data_order_path, "a") as f:
-                f.write(json.dumps({"global_step": self.state.global_step, "row_ids": rows}) + "\n")
+                step = self.state.global_step // self.args.updates_per_generation_step
+                f.write(json.dumps({"global_step": self.state.global_step, "generation_step": step,
+                                    "row_ids": rows}) + "\n")
         return output
 
     def _calculate_rewards(self, *args, **kwargs):
@@ -466,6 +486,28 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
             self._metrics["train"]["tokens/padding_fraction"].append(1.0 - real / max(computed, 1.0))
             self._phase_time = dict.fromkeys(self._phase_time, 0.0)
         return loss
+
+
+def _loss_mask(batch: dict) -> torch.Tensor:
+    """The completion tokens the loss counts: TRL's completion_mask x tool_mask (0 on tool outputs), when present."""
+    tool_mask = batch.get("tool_mask")
+    return batch["completion_mask"] if tool_mask is None else batch["completion_mask"] * tool_mask
+
+
+def check_text_only(processing_class, train_dataset) -> None:
+    """This trainer's loss and micro-batch trimming handle text only: a processor (a vision-language model) or an
+    image column is refused at start-up, naming what to change."""
+    from transformers import ProcessorMixin
+
+    if isinstance(processing_class, ProcessorMixin):
+        raise ValueError(f"processing_class: {type(processing_class).__name__} is a multimodal processor; "
+                         "train_grpo.py trains text-only models (its loss does not pass pixel_values and the like to "
+                         "the model). Give the model's tokenizer (AutoTokenizer) and a text-only model_name_or_path.")
+    columns = getattr(train_dataset, "column_names", None) or []
+    images = [c for c in ("image", "images") if c in columns]
+    if images:
+        raise ValueError(f"dataset column {images[0]!r}: train_grpo.py trains on text only (its loss does not pass "
+                         "images to the model); drop the column or use a text-only dataset_name.")
 
 
 def uses_cpu_vllm(args) -> bool:
@@ -496,8 +538,16 @@ def heldout_accuracy(model, tokenizer, dataset, max_new_tokens: int, batch_size:
 
 
 def bound_requests(client, timeout_s: float) -> None:
-    """Every request `client` (TRL's VLLMClient) sends gets `timeout_s` unless it names its own; a timeout or a
-    refused connection raises, naming the server."""
+    """Every request `client` (TRL's VLLMClient) sends gets `timeout_s` unless it names its own, and a read is never
+    retried; a timeout or a refused connection raises, naming the server and the key.
+
+    TRL's session retries a failed read 5 times: a generation that timed out would be sent again, so the real bound
+    would be ~6x timeout_s and a slow server would get the same work again. Reads are not retried here (a response
+    cut off or never sent ends the request); connection failures still are (TRL's 5, with back-off), since a request
+    that never connected did no work. timeout_s bounds the connection and the wait for the response: the vLLM server
+    sends nothing until a generation is done, so it bounds the generation."""
+    for adapter in client.session.adapters.values():
+        adapter.max_retries = adapter.max_retries.new(read=False)  # urllib3: False raises the read error at once
     request = client.session.request
 
     def request_with_timeout(method, url, **kwargs):

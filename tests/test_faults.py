@@ -60,37 +60,54 @@ def test_async_rewards_stay_async_and_are_bounded_too():
         asyncio.run(limited(["a"]))
 
 
-class _Silent(BaseHTTPRequestHandler):
-    """A server that accepts requests and never answers (a hung vLLM server)."""
+class _Hung(BaseHTTPRequestHandler):
+    """A vLLM server that is up (/health, /v1/models) but never answers a generation: it counts the POSTs it got."""
+
+    posts = []
+
+    def do_GET(self):
+        body = b'{"data": [{"id": "tiny"}]}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_POST(self):
+        self.posts.append(self.path)
         time.sleep(30)
 
     def log_message(self, *args):
         pass
 
 
-def test_requests_to_a_hung_server_time_out_with_a_message_naming_it():
-    import requests
+def test_a_generation_on_a_hung_server_fails_once_after_the_timeout_naming_server_and_key():
+    """TRL's own client, bounded as ClipHigherGRPOTrainer bounds it: one request reaches the server (TRL's session
+    would re-send it 5 times, ~6x the bound), the call fails after the timeout, not a multiple of it."""
+    from conftest import require
+    from trl.import_utils import is_vllm_available
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Silent)
+    require(is_vllm_available(), "vLLM (TRL's VLLMClient imports it)")
+    from trl.generation.vllm_client import VLLMClient
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hung)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
-
-    class Client:  # the two attributes of TRL's VLLMClient that bound_requests uses
-        base_url = f"http://127.0.0.1:{server.server_address[1]}"
-        session = requests.Session()
-
-    client = Client()
-    tg.bound_requests(client, 1.0)
-    started = time.time()
-    with pytest.raises(RuntimeError, match=rf"the vLLM server at {client.base_url} did not answer POST .*timeout 1.0 s"):
-        client.session.post(f"{client.base_url}/v1/completions", json={})
-    assert time.time() - started < 10
-    server.shutdown()
-    server.server_close()
-    with pytest.raises(RuntimeError, match="ConnectionError"):  # a server that is gone: refused at once
-        client.session.post(f"{client.base_url}/v1/completions", json={})
+    address = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        client = VLLMClient(base_url=f"http://{address}")
+        tg.bound_requests(client, 2.0)
+        started = time.monotonic()
+        with pytest.raises(RuntimeError) as error:
+            client.generate(["1 + 1 ="], max_tokens=4)
+        elapsed = time.monotonic() - started
+    finally:
+        server.shutdown()
+        server.server_close()
+    print(f"[faults] hung server, vllm_request_timeout_s 2: failed after {elapsed:.2f} s, {len(_Hung.posts)} request")
+    assert _Hung.posts == ["/v1/completions"]
+    assert 2.0 <= elapsed < 4.0
+    assert f"the vLLM server at http://{address} did not answer POST" in str(error.value)
+    assert "ReadTimeout" in str(error.value) and "timeout 2.0 s (vllm_request_timeout_s)" in str(error.value)
 
 
 @pytest.mark.slow

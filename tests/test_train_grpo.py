@@ -253,6 +253,134 @@ def test_eval_loss_is_the_token_mean_of_the_eval_batch(tokenizer, tmp_path):
     assert loss.item() == pytest.approx((-batch["advantages"][:, None] * mask).sum().item() / mask.sum().item())
 
 
+# ---------------------------------------------------------------- TRL inputs the loss honours or refuses (issue 20)
+
+def trl_and_ours(trainer, batch):
+    """(loss, gradient) of TRL 1.16's own GRPOTrainer._compute_loss and of ours on one micro-batch, training mode. One
+    micro-batch per update and delta=None: there TRL's "dapo" normaliser is the update's token count, as ours."""
+    from trl import GRPOTrainer
+
+    params = list(trainer.model.parameters())
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    results = []
+    for compute_loss in (GRPOTrainer._compute_loss, type(trainer)._compute_loss):
+        loss = compute_loss(trainer, trainer.model, dict(batch))
+        results.append((loss.item(), torch.autograd.grad(loss, params)))
+    return results
+
+
+def test_tool_outputs_are_masked_out_of_the_loss_as_trl_does(tokenizer, tmp_path):
+    """tool_mask 0 marks tool-output tokens: TRL trains only on the model's own tokens; so does this loss."""
+    trainer = tiny_trainer(tokenizer, tmp_path, delta=None)
+    batch = literal_batch(4)  # completion lengths 4, 1, 3, 2
+    tool_mask = torch.tensor([[1, 0, 0, 1], [1, 1, 1, 1], [1, 0, 1, 1], [1, 1, 1, 1]])
+    counted = (batch["completion_mask"] * tool_mask).sum()  # 2 + 1 + 2 + 2
+    assert counted.item() == 7
+    batch.update(tool_mask=tool_mask, num_items_in_batch=counted, update_num_tokens=counted)
+    (trl_loss, trl_grad), (loss, grad) = trl_and_ours(trainer, batch)
+    assert loss == pytest.approx(trl_loss, rel=1e-6)
+    assert same_gradients(grad, trl_grad)
+    unmasked = dict(batch, tool_mask=torch.ones(4, 4, dtype=torch.long))
+    assert trainer._compute_loss(trainer.model, unmasked).item() != pytest.approx(loss, rel=1e-3)  # the mask matters
+
+
+def test_update_token_counts_leave_out_tool_outputs():
+    """An update's token count is TRL's loss mask, completion_mask x tool_mask: 2 + 3 of 9 response tokens here."""
+    batches = [{"prompt_mask": torch.ones(2, 1), "completion_mask": torch.tensor([[1, 1, 0], [1, 0, 0]]),
+                "tool_mask": torch.tensor([[1, 0, 1], [1, 1, 1]])},
+               {"prompt_mask": torch.ones(2, 1), "completion_mask": torch.tensor([[1, 1, 1], [1, 1, 1]]),
+                "tool_mask": torch.tensor([[1, 0, 0], [0, 1, 1]])}]
+    assert [tg._loss_mask(b).sum().item() for b in batches] == [2, 3]
+
+
+def tiny_moe_trainer(tokenizer, tmp_path, coef, **config):
+    """tiny_trainer's setup on a 2-layer Mixture-of-Experts model (4 experts, top 2) whose config sets
+    router_aux_loss_coef, as Qwen3-MoE's does."""
+    from datasets import Dataset
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    torch.manual_seed(0)
+    path = str(tmp_path / "moe")
+    Qwen3MoeForCausalLM(Qwen3MoeConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=32, moe_intermediate_size=16, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, num_experts=4, num_experts_per_tok=2,
+        router_aux_loss_coef=coef, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True)).save_pretrained(path)
+    args = tg.JustRLConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", num_generations=2,
+                           per_device_train_batch_size=2, max_completion_length=4, bf16=False, delta=None, **config)
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": "What is 1 + 1?"}]}] * 8)
+    return tg.ClipHigherGRPOTrainer(model=path, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+                                    args=args, train_dataset=data, processing_class=tokenizer)
+
+
+def test_a_moe_model_adds_the_router_load_balancing_loss_as_trl_does(tokenizer, tmp_path):
+    """router_aux_loss_coef 0.5 from the model's config: the loss is TRL's, policy loss + 0.5 x the router's
+    load-balancing loss, in value and gradient (the router weights get a gradient from it)."""
+    trainer = tiny_moe_trainer(tokenizer, tmp_path, coef=0.5)
+    assert trainer.aux_loss_enabled and trainer.router_aux_loss_coef == 0.5
+    batch = literal_batch(4)
+    count = batch["completion_mask"].sum()
+    batch.update(num_items_in_batch=count, update_num_tokens=count)
+    (trl_loss, trl_grad), (loss, grad) = trl_and_ours(trainer, batch)
+    assert loss == pytest.approx(trl_loss, rel=1e-6)
+    assert same_gradients(grad, trl_grad)
+    trainer.aux_loss_enabled = False
+    without = trainer._compute_loss(trainer.model, dict(batch)).item()
+    assert loss - without > 0.5  # the load-balancing loss is >= 1 (top-2 of 4 experts): 0.5 x it is in the loss
+    assert trainer._metrics["train"]["aux_loss"][-1] == pytest.approx((loss - without) / 0.5, rel=1e-4)
+
+
+def test_a_vision_language_processor_is_refused_before_the_model_loads(tokenizer, tmp_path):
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    processor = LlavaProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer)
+    args = tg.JustRLConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", num_generations=2,
+                           per_device_train_batch_size=2)
+    with pytest.raises(ValueError, match="processing_class: LlavaProcessor is a multimodal processor.*"
+                                         "Give the model's tokenizer"):
+        tg.ClipHigherGRPOTrainer(model=str(tmp_path / "no-model"), reward_funcs=[], args=args, train_dataset=None,
+                                 processing_class=processor)
+
+
+def test_a_dataset_with_an_image_column_is_refused_naming_the_column():
+    from datasets import Dataset
+
+    images = Dataset.from_list([{"prompt": "What is in the picture?", "image": "cat.png"}])
+    with pytest.raises(ValueError, match="dataset column 'image': train_grpo.py trains on text only"):
+        tg.check_text_only(None, images)
+
+
+def test_num_iterations_scales_every_generation_step_unit(tmp_path):
+    """2 mini-batches x 2 passes (num_iterations, veRL's ppo_epochs): a generation step is 4 optimizer updates."""
+    args = tg.JustRLConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", num_generations=2,
+                           per_device_train_batch_size=2, prompts_per_step=4, optimizer_updates_per_step=2,
+                           num_iterations=2, total_generation_steps=3, save_generation_steps=1, warmup_generation_steps=1)
+    assert args.updates_per_generation_step == 4
+    assert (args.gradient_accumulation_steps, args.steps_per_generation) == (2, 4)  # 8 responses: 2 updates of 2 x 2
+    assert (args.max_steps, args.save_steps, args.warmup_steps) == (12, 4, 4)
+
+
+def test_the_lr_is_held_over_all_updates_of_a_generation_step_with_num_iterations(tokenizer, tmp_path):
+    """veRL steps its scheduler once per generation step: linear, 2 warm-up of 4 generation steps, each 4 updates."""
+    trainer = tiny_trainer(tokenizer, tmp_path, prompts_per_step=2, optimizer_updates_per_step=2, num_iterations=2,
+                           total_generation_steps=4, warmup_generation_steps=2, scheduler_per_generation=True,
+                           lr_scheduler_type="linear", learning_rate=1.0)
+    trainer.create_optimizer_and_scheduler(trainer.args.max_steps)
+    lrs = []
+    for _ in range(trainer.args.max_steps):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert lrs == [0.0] * 4 + [0.5] * 4 + [1.0] * 4 + [0.5] * 4
+
+
+def test_dry_run_shows_the_updates_of_a_generation_step_with_num_iterations():
+    config = dry_run("tiny.yaml", 2, "--num_iterations", "2")
+    assert config["derived"]["optimizer_updates_per_generation_step"] == 4
+    assert (config["training_args"]["max_steps"], config["training_args"]["save_steps"]) == (800, 200)
+
+
 def decay_groups(trainer):
     names = {id(p): n for n, p in trainer.model.named_parameters()}
     groups = trainer.create_optimizer().param_groups
