@@ -647,6 +647,23 @@ def test_training_goes_through_policy_loss(tiny_assets, tmp_path, monkeypatch):
     assert all(torch.equal(before[k], after[k]) for k in before), "a zero loss still changed the weights"
 
 
+@pytest.mark.slow
+def test_num_iterations_2_run_has_the_recipes_generation_steps_updates_and_checkpoints(tiny_assets, tmp_path,
+                                                                                       monkeypatch):
+    """2 generation steps of 2 mini-batches, each used twice (num_iterations 2), saving every generation step:
+    2 generations, 8 updates, a checkpoint after each generation step (grpo/validation.py counts the same units)."""
+    calls, real = [], tg.policy_loss
+    monkeypatch.setattr(tg, "policy_loss", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    out = tmp_path / "mu2"
+    summary = tg.main(tiny_argv(tiny_assets, out, "--total_generation_steps", "2", "--save_generation_steps", "1",
+                                "--prompts_per_step", "4", "--per_device_train_batch_size", "16",
+                                "--num_iterations", "2", "--heldout_file", ""))
+    assert summary["global_step"] == 8 and len(calls) == 8  # 2 generation steps x 2 mini-batches x 2 iterations
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+    records = [json.loads(line) for line in open(out / "data_order" / "rank0.jsonl")]
+    assert [(r["global_step"], r["generation_step"]) for r in records] == [(0, 0), (4, 1)]
+
+
 def one_update_skipped(out, initial_model):
     """Asserts what a run of 2 updates (no LR warm-up) whose first had a NaN gradient leaves: the optimizer and LR
     scheduler took exactly one step, the counter says 1, the weights are finite and moved (the second update)."""
