@@ -35,7 +35,8 @@ How this departs from TRL's stock GRPOTrainer, and why:
      tokens/real, tokens/computed, tokens/padding_fraction.
   7. Faults end the run instead of hanging it: a reward call longer than `reward_timeout_s` raises, naming the
      reward and the rank (otherwise the other ranks wait at the next collective for its 30-minute watchdog); every
-     request to a vLLM server has `vllm_request_timeout_s` (TRL's client has none); a relaunch resumes from the newest
+     request to a vLLM server has `vllm_request_timeout_s` (TRL's client has none) and is not re-sent after a read
+     fails (TRL's client would re-send it 5 times: ~6x the bound); a relaunch resumes from the newest
      *complete* checkpoint (transformers takes the highest number, even one a kill cut short); a multi-process CPU
      run reloads its optimizer state on "cpu" (transformers maps it to "cpu:0", which torch.load cannot restore).
   8. Validation inside training, as JustRL's veRL run (val_before_train, test_freq): `validation_*` keys name
@@ -322,8 +323,9 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
 
     def _compute_loss(self, model, inputs):
         """As TRL 1.16's: tool_mask (0 on tool-output tokens) multiplies the completion mask, and a MoE model's router
-        load-balancing loss is added (router_aux_loss_coef x aux / accumulation). Multimodal inputs are refused at
-        start-up (check_text_only)."""
+        load-balancing loss is added (router_aux_loss_coef x aux / accumulation; like TRL's, it is computed per
+        micro-batch, whose responses group_update_by_length chooses). Multimodal inputs are refused at start-up
+        (check_text_only)."""
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
@@ -348,7 +350,8 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
             loss = loss / self.current_gradient_accumulation_steps
         mode = "train" if training else "eval"
         if self.aux_loss_enabled:
-            loss = loss + self.router_aux_loss_coef * aux_loss / (self.current_gradient_accumulation_steps if training else 1.0)
+            accumulation = self.current_gradient_accumulation_steps if training else 1.0
+            loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
         stats["entropy"] = ((entropies * mask).sum(), mask.sum())
         # Global token means across processes, all metrics in one all-reduce (this runs every micro-batch).
