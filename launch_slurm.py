@@ -9,6 +9,8 @@ starts the trainers with `srun` (one job step per node), watches every step, and
     python launch_slurm.py --config recipes/justrl.yaml
     # print each node's command without running anything (works outside Slurm too):
     python launch_slurm.py --config recipes/justrl.yaml --nodes gpu[01-05] --gpus_per_node 8 --dry_run
+    # inside the allocation: which GPUs Slurm gives each node's step, and which process or engine uses each
+    python launch_slurm.py --config recipes/justrl.yaml --probe_gpus
     # extra arguments after `--` go to train_grpo.py:
     python launch_slurm.py --config recipes/justrl.yaml -- --output_dir /scratch/justrl --save_generation_steps 10
     # a 3-node cluster on this one machine (scripts/slurm_local.sh), CPU nodes:
@@ -17,11 +19,13 @@ starts the trainers with `srun` (one job step per node), watches every step, and
 
 GPU or CPU nodes, one command: with GPUs in the allocation (SLURM_GPUS_ON_NODE / --gpus-per-node, or
 --gpus_per_node) each training node runs one process per GPU under accelerate_configs/zero3.yaml and the server
-takes --vllm_tensor_parallel_size GPUs. Without GPUs each training node runs --cpu_processes_per_node processes
-(default 1: one process already uses every core) under accelerate_configs/cpu.yaml (gloo; a DeepSpeed config gets
---mixed_precision no), and the server runs in float32 with a KV cache of --cpu_kv_cache_gib GiB (vLLM's CPU backend
-otherwise reserves 90% of the node's memory). Weights then reach the server through <output_dir>/vllm_weights
-(cpu_vllm.py), so output_dir must be on a filesystem every node sees, as checkpoints already require.
+uses every GPU of its node (below). Each step asks srun for its node's GPUs (--gres=gpu:N), so the GPU ids are
+Slurm's: it sets the step's CUDA_VISIBLE_DEVICES, and nothing here names a GPU. Without GPUs each training node runs
+--cpu_processes_per_node processes (default 1: one process already uses every core) under accelerate_configs/cpu.yaml
+(gloo; a DeepSpeed config gets --mixed_precision no), and the server runs in float32 with a KV cache of
+--cpu_kv_cache_gib GiB (vLLM's CPU backend otherwise reserves 90% of the node's memory). Weights then reach the
+server through <output_dir>/vllm_weights (cpu_vllm.py), so output_dir must be on a filesystem every node sees, as
+checkpoints already require.
 
 Faults: every job step is watched once a second. When any step exits non-zero (a killed rank, a dead node, a
 reward past its time limit) or the server exits, every other step is cancelled at once (SIGTERM, then SIGKILL
@@ -32,10 +36,14 @@ slurm/supervise.py, so no process a step started (vLLM's engine, torchrun's work
 command starts a fresh server and resumes every process from that checkpoint, with the same data order. A server
 that exits before it is healthy is reported at once; one that never gets healthy after --server_timeout_s.
 
-vLLM and tensor parallelism: `trl vllm-serve` refuses data parallelism for dense models, so the server uses
---vllm_tensor_parallel_size GPUs of its node (it must divide the model's attention heads: 12 for the 1.5B models).
-When one server cannot keep up with the trainers, run the recipe with `--vllm_mode colocate` (every training GPU
-generates its own share, as veRL's hybrid engine does) on all nodes instead: --no_vllm_node.
+Every GPU of the vLLM node generates: one `trl vllm-serve` (vLLM's own server since TRL 1.16) runs
+GPUs / --vllm_tensor_parallel_size data-parallel engines of --vllm_tensor_parallel_size GPUs each (default 1: 8
+engines on 8 GPUs). vLLM 0.31 runs a dense model's data-parallel ranks as independent engines behind one API
+server, which spreads the requests; TRL's client syncs weights to all tp x dp workers (/get_world_size). The size
+must divide the node's GPUs and the model's attention heads, and divide or be a multiple of its key-value heads
+(checked from config.json when it can be read: 12 and 2 for the 1.5B models, so 1, 2 or 4). JustRL's own topology
+was colocated (veRL's hybrid engine: every GPU trains and generates): --no_vllm_node (all nodes train, each
+process with its own vLLM engine, --vllm_mode colocate).
 """
 
 import argparse
@@ -290,7 +298,8 @@ def probe_steps(plan: list[dict]) -> dict[str, dict]:
         out, err = proc.communicate(timeout=120)
         fields = out.strip().split(" ")
         if proc.returncode != 0 or len(fields) != 3:
-            raise RuntimeError(f"the probe step on {host} failed (exit code {proc.returncode}): {out.strip()} {err.strip()}")
+            raise RuntimeError(f"the probe step on {host} failed (exit code {proc.returncode}): "
+                               f"{out.strip()} {err.strip()}")
         steps[host] = dict(zip(("node", "CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS"), fields))
     return steps
 
@@ -307,7 +316,8 @@ def gpu_use(node: dict, gpus: list[str], vllm_tp: int) -> list[list[str]]:
 
 
 def allocated_gpu_ids(job_id: str) -> dict[str, list[str]]:
-    """node -> the GPU indices the job holds there, from `scontrol show job -d` ("Nodes=n[1-2] ... GRES=gpu:8(IDX:0-7)")."""
+    """node -> the GPU indices the job holds there, from `scontrol show job -d`
+    ("Nodes=n[1-2] CPU_IDs=0 Mem=0 GRES=gpu:8(IDX:0-7)")."""
     out = subprocess.run(["scontrol", "show", "job", "-d", job_id], capture_output=True, text=True).stdout
     held = {}
     for nodes, idx in re.findall(r"\bNodes=(\S+) .*?GRES=\S*?gpu\S*?\(IDX:([\d,-]+)\)", out):
