@@ -343,13 +343,17 @@ def unused_or_shared(use: dict[str, list[list[str]]], allocated: dict[str, list[
 def probe_gpus(plan: list[dict], vllm_tp: int) -> list[dict]:
     """Start each node's step with a probe, map its GPUs to processes and engines, check them against the job's
     allocation and print one JSON line per node; exits non-zero naming any GPU used twice, idle or not the job's."""
-    steps, rows = probe_steps(plan), []
-    for node in plan:
-        step = steps[node["host"]]
-        ids = (step["SLURM_STEP_GPUS"] or step["CUDA_VISIBLE_DEVICES"]).split(",") if node["gpus"] else []
-        rows.append({"host": node["host"], "role": node["role"], "rank": node["rank"], **step,
-                     "use": gpu_use(node, [i for i in ids if i], vllm_tp)})
-        print(json.dumps(rows[-1]), flush=True)
+    rows = []
+    try:
+        steps = probe_steps(plan)
+        for node in plan:
+            step = steps[node["host"]]
+            ids = (step["SLURM_STEP_GPUS"] or step["CUDA_VISIBLE_DEVICES"]).split(",")
+            rows.append({"host": node["host"], "role": node["role"], "rank": node["rank"], **step,
+                         "use": gpu_use(node, [i for i in ids if i], vllm_tp)})
+            print(json.dumps(rows[-1]), flush=True)
+    except (RuntimeError, ValueError, subprocess.TimeoutExpired) as error:
+        sys.exit(f"[probe] FAILED: {error}")
     allocated = allocated_gpu_ids(os.environ.get("SLURM_JOB_ID", ""))
     problems = unused_or_shared({r["host"]: r["use"] for r in rows}, allocated)
     if problems:
@@ -575,8 +579,8 @@ def main(argv=None):
             print(json.dumps(node))
         return plan
     if args.probe_gpus:
-        if cpu:
-            parser.error("--probe_gpus: the allocation has no GPUs (salloc/sbatch --gpus-per-node N, or --gpus_per_node)")
+        if cpu or not os.environ.get("SLURM_JOB_ID"):
+            parser.error("--probe_gpus runs inside an allocation with GPUs (salloc/sbatch --gpus-per-node N)")
         return probe_gpus(plan, args.vllm_tensor_parallel_size)
     server = next((n for n in plan if n["role"] == "vllm"), None)
     url = f"http://{addresses.get(server['host'], server['host'])}:{args.vllm_port}" if server else None

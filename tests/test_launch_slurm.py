@@ -234,3 +234,11 @@ def test_allocation_gpus_reads_slurm_s_environment(monkeypatch):
     assert ls.allocation_gpus() == 8
     monkeypatch.setenv("SLURM_GPUS_ON_NODE", "0")
     assert ls.allocation_gpus() == 0
+
+
+def test_probe_gpus_outside_an_allocation_says_where_it_runs():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    out = _dry_run("--config", "recipes/tiny.yaml", "--nodes", "a,b", "--gpus_per_node", "2", "--probe_gpus",
+                   env=dict(env, PATH="/usr/bin:/bin"))
+    assert out.returncode == 2
+    assert "--probe_gpus runs inside an allocation with GPUs (salloc/sbatch --gpus-per-node N)" in out.stderr

@@ -4,8 +4,9 @@ node declared to Slurm (scripts/slurm_local.sh, SLURM_LOCAL_GPUS=8), no CUDA, no
     python -m pytest tests/test_slurm_gpus.py -q        # needs root (apt-get, slurmd, mknod); ~30 s on 2 cores
 
 `launch_slurm.py --probe_gpus` starts each node's job step as a run does and prints the GPUs Slurm gave it: every
-GPU of every node is used by exactly one training process or vLLM engine, with Slurm's ids (GPUs 4-7 when another
-job holds 0-3), and a plan that leaves allocated GPUs idle is refused naming them. Skipped where Slurm cannot be
+GPU of every node is used by exactly one training process or vLLM engine (under salloc and under slurm/justrl.sbatch),
+with Slurm's ids (GPUs 4-7 when another job holds 0-3), and a plan that leaves allocated GPUs idle is refused naming
+them. Skipped where Slurm cannot be
 installed, except under CI, where that fails (tests/conftest.py).
 """
 
@@ -63,6 +64,20 @@ def test_every_gpu_of_every_node_is_used_once_with_slurm_s_ids(gpu_cluster):
         ("node2", "train", "node2", every, every)]
     assert rows[0]["use"] == [["0", "1"], ["2", "3"], ["4", "5"], ["6", "7"]]  # 4 engines of TP 2
     assert rows[1]["use"] == rows[2]["use"] == [[str(i)] for i in range(8)]  # local rank i on GPU i
+    assert "[probe] 24 GPUs on 3 nodes, each used by exactly one training process or vLLM engine" in text
+
+
+def test_the_batch_job_s_steps_get_every_gpu_of_their_node(gpu_cluster, tmp_path):
+    """slurm/justrl.sbatch as submitted (its #SBATCH lines, the launcher in the batch step on the first node)."""
+    out = tmp_path / "job.out"
+    job = subprocess.run(["sbatch", "-N3", "--gpus-per-node=8", "--time=2", "--wait", f"--output={out}",
+                          "slurm/justrl.sbatch", "--config", "recipes/tiny.yaml", "--probe_gpus"],
+                         cwd=ROOT, env=gpu_cluster, capture_output=True, text=True, timeout=120)
+    text = out.read_text()
+    assert job.returncode == 0, job.stdout + job.stderr + text
+    rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert [(r["host"], r["SLURM_STEP_GPUS"], len(r["use"])) for r in rows] == [
+        ("node3", "0,1,2,3,4,5,6,7", 8), ("node1", "0,1,2,3,4,5,6,7", 8), ("node2", "0,1,2,3,4,5,6,7", 8)]
     assert "[probe] 24 GPUs on 3 nodes, each used by exactly one training process or vLLM engine" in text
 
 
