@@ -83,7 +83,8 @@ def test_the_batch_job_s_steps_get_every_gpu_of_their_node(gpu_cluster, tmp_path
 
 def test_the_gpus_another_job_holds_are_not_used(gpu_cluster):
     """A job holding GPUs 0-3 of every node: the launcher's steps get 4-7 from Slurm, not a range counted from 0."""
-    blocker = subprocess.run(["sbatch", "-N3", "--gpus-per-node=4", "--time=2", "--parsable", "--wrap", "sleep 100"],
+    blocker = subprocess.run(["sbatch", "-N3", "--gpus-per-node=4", "--time=2", "--parsable", "--output=/dev/null",
+                              "--wrap", "sleep 100"],
                              cwd=ROOT, env=gpu_cluster, capture_output=True, text=True)
     assert blocker.returncode == 0, blocker.stderr
     job = blocker.stdout.strip()
