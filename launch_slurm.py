@@ -9,6 +9,8 @@ starts the trainers with `srun` (one job step per node), watches every step, and
     python launch_slurm.py --config recipes/justrl.yaml
     # print each node's command without running anything (works outside Slurm too):
     python launch_slurm.py --config recipes/justrl.yaml --nodes gpu[01-05] --gpus_per_node 8 --dry_run
+    # inside the allocation: which GPUs Slurm gives each node's step, and which process or engine uses each
+    python launch_slurm.py --config recipes/justrl.yaml --probe_gpus
     # extra arguments after `--` go to train_grpo.py:
     python launch_slurm.py --config recipes/justrl.yaml -- --output_dir /scratch/justrl --save_generation_steps 10
     # a 3-node cluster on this one machine (scripts/slurm_local.sh), CPU nodes:
@@ -17,11 +19,13 @@ starts the trainers with `srun` (one job step per node), watches every step, and
 
 GPU or CPU nodes, one command: with GPUs in the allocation (SLURM_GPUS_ON_NODE / --gpus-per-node, or
 --gpus_per_node) each training node runs one process per GPU under accelerate_configs/zero3.yaml and the server
-takes --vllm_tensor_parallel_size GPUs. Without GPUs each training node runs --cpu_processes_per_node processes
-(default 1: one process already uses every core) under accelerate_configs/cpu.yaml (gloo; a DeepSpeed config gets
---mixed_precision no), and the server runs in float32 with a KV cache of --cpu_kv_cache_gib GiB (vLLM's CPU backend
-otherwise reserves 90% of the node's memory). Weights then reach the server through <output_dir>/vllm_weights
-(cpu_vllm.py), so output_dir must be on a filesystem every node sees, as checkpoints already require.
+uses every GPU of its node (below). Each step asks srun for its node's GPUs (--gres=gpu:N), so the GPU ids are
+Slurm's: it sets the step's CUDA_VISIBLE_DEVICES, and nothing here names a GPU. Without GPUs each training node runs
+--cpu_processes_per_node processes (default 1: one process already uses every core) under accelerate_configs/cpu.yaml
+(gloo; a DeepSpeed config gets --mixed_precision no), and the server runs in float32 with a KV cache of
+--cpu_kv_cache_gib GiB (vLLM's CPU backend otherwise reserves 90% of the node's memory). Weights then reach the
+server through <output_dir>/vllm_weights (cpu_vllm.py), so output_dir must be on a filesystem every node sees, as
+checkpoints already require.
 
 Faults: every job step is watched once a second. When any step exits non-zero (a killed rank, a dead node, a
 reward past its time limit) or the server exits, every other step is cancelled at once (SIGTERM, then SIGKILL
@@ -32,10 +36,14 @@ slurm/supervise.py, so no process a step started (vLLM's engine, torchrun's work
 command starts a fresh server and resumes every process from that checkpoint, with the same data order. A server
 that exits before it is healthy is reported at once; one that never gets healthy after --server_timeout_s.
 
-vLLM and tensor parallelism: `trl vllm-serve` refuses data parallelism for dense models, so the server uses
---vllm_tensor_parallel_size GPUs of its node (it must divide the model's attention heads: 12 for the 1.5B models).
-When one server cannot keep up with the trainers, run the recipe with `--vllm_mode colocate` (every training GPU
-generates its own share, as veRL's hybrid engine does) on all nodes instead: --no_vllm_node.
+Every GPU of the vLLM node generates: one `trl vllm-serve` (vLLM's own server since TRL 1.16) runs
+GPUs / --vllm_tensor_parallel_size data-parallel engines of --vllm_tensor_parallel_size GPUs each (default 1: 8
+engines on 8 GPUs). vLLM 0.31 runs a dense model's data-parallel ranks as independent engines behind one API
+server, which spreads the requests; TRL's client syncs weights to all tp x dp workers (/get_world_size). The size
+must divide the node's GPUs and the model's attention heads, and divide or be a multiple of its key-value heads
+(checked from config.json when it can be read: 12 and 2 for the 1.5B models, so 1, 2 or 4). JustRL's own topology
+was colocated (veRL's hybrid engine: every GPU trains and generates): --no_vllm_node (all nodes train, each
+process with its own vLLM engine, --vllm_mode colocate).
 """
 
 import argparse
@@ -128,15 +136,55 @@ def allocation_gpus() -> int | None:
     return None
 
 
+def model_heads(model: str) -> tuple[int, int] | None:
+    """(attention heads, key-value heads) from the model's config.json: a local folder, else the Hub cache; None when
+    neither has it (the launcher then cannot check the tensor-parallel size before the server starts)."""
+    path = os.path.join(model, "config.json")
+    if not os.path.isfile(path):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+            path = try_to_load_from_cache(model, "config.json")
+        except Exception:  # not a Hub id, or no huggingface_hub: nothing to read
+            path = None
+    if not isinstance(path, str) or not os.path.isfile(path):
+        return None
+    config = json.load(open(path))
+    config = config.get("text_config", config)  # multimodal configs nest the language model's
+    if "num_attention_heads" not in config:
+        return None
+    return config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+
+
+def server_parallelism(gpus: int, tp: int, heads: tuple[int, int] | None = None) -> int:
+    """The vLLM node's data-parallel size: gpus // tp engines of tp GPUs each, so that every GPU of the node generates.
+
+    tp must divide the node's GPUs and, as vLLM requires, the attention heads; the key-value heads are split or
+    replicated, so tp must divide them or be a multiple of them (12 and 2 heads, the 1.5B models: tp 1, 2 or 4)."""
+    if tp < 1 or gpus % tp:
+        raise ValueError(f"--vllm_tensor_parallel_size {tp} does not divide the vLLM node's {gpus} GPUs; "
+                         f"use one of {[t for t in range(1, gpus + 1) if gpus % t == 0]}")
+    if heads:
+        q, kv = heads
+        if q % tp or (kv % tp and tp % kv):
+            fits = [t for t in range(1, gpus + 1) if gpus % t == 0 and q % t == 0 and (kv % t == 0 or t % kv == 0)]
+            raise ValueError(f"--vllm_tensor_parallel_size {tp}: the model has {q} attention heads and {kv} key-value "
+                             f"heads, which vLLM cannot split {tp} ways; use one of {fits}")
+    return gpus // tp
+
+
 def node_commands(hosts: list[str], config: str, recipe: dict, gpus_per_node: int, accelerate_config: str,
                   vllm_port: int = 8000, main_port: int = 29500, vllm_tp: int = 1, vllm_node: bool = True,
                   extra: list[str] | None = None, addresses: dict[str, str] | None = None, cpu: bool = False,
-                  cpu_kv_cache_gib: int = 1, log_dir: str = "logs", server_args: list[str] | None = None) -> list[dict]:
-    """One {host, role, rank, command, log} per node: the last host serves vLLM (if vllm_node), the others train.
+                  cpu_kv_cache_gib: int = 1, log_dir: str = "logs", server_args: list[str] | None = None,
+                  heads: tuple[int, int] | None = None) -> list[dict]:
+    """One {host, role, rank, command, log, gpus} per node: the last host serves vLLM (if vllm_node), the others train.
 
-    gpus_per_node: training processes per node (GPUs, or CPU processes when cpu). addresses: host -> address for
-    the rendezvous and the server URL (default: the names). cpu: nodes without GPUs (float32 server, bounded KV).
-    server_args: appended to `trl vllm-serve` (a later flag wins)."""
+    gpus_per_node: training processes per node (GPUs, or CPU processes when cpu). On GPU nodes the server runs
+    gpus_per_node // vllm_tp data-parallel engines of vllm_tp GPUs (server_parallelism; heads: the model's, to check
+    vllm_tp), and `gpus` is what each node's job step asks Slurm for: Slurm then sets CUDA_VISIBLE_DEVICES to the
+    GPUs it assigned (None on CPU nodes). addresses: host -> address for the rendezvous and the server URL (default:
+    the names). cpu: nodes without GPUs (float32 server, bounded KV). server_args: appended to `trl vllm-serve` (a
+    later flag wins)."""
     if len(hosts) < (2 if vllm_node else 1):
         raise ValueError(f"need at least {2 if vllm_node else 1} nodes (got {hosts}); "
                          "with one node, start `trl vllm-serve` and accelerate by hand (README), or pass --no_vllm_node.")
@@ -144,8 +192,10 @@ def node_commands(hosts: list[str], config: str, recipe: dict, gpus_per_node: in
     trainers, server = (hosts[:-1], hosts[-1]) if vllm_node else (hosts, None)
     plan = []
     if server:
-        serve = ["trl", "vllm-serve", "--model", recipe["model_name_or_path"], "--tensor_parallel_size", str(vllm_tp),
-                 "--host", "0.0.0.0", "--port", str(vllm_port)]
+        serve = ["trl", "vllm-serve", "--model", recipe["model_name_or_path"], "--tensor_parallel_size", str(vllm_tp)]
+        if not cpu:  # every GPU of the node generates: TRL's client syncs weights to all tp x dp workers
+            serve += ["--data_parallel_size", str(server_parallelism(gpus_per_node, vllm_tp, heads))]
+        serve += ["--host", "0.0.0.0", "--port", str(vllm_port)]
         max_len = recipe.get("vllm_max_model_length")
         if cpu:  # vLLM's CPU backend: the trainer's fp32 weights, a KV cache of a fixed size, not 90% of the RAM;
             # eager: its torch.compile pass doubles a server's start-up (36 s -> 69 s for tiny.py's model)
@@ -155,14 +205,12 @@ def node_commands(hosts: list[str], config: str, recipe: dict, gpus_per_node: in
             max_len = max_len or (recipe.get("max_prompt_length", 1024) + new_tokens)
             # no chunked prefill: vLLM's CPU runner cannot split a seeded request's prefill (validation seeds them)
             serve += ["--dtype", "float32", "--enforce_eager", "true", "--no-enable-chunked-prefill"]
-            env = f"VLLM_CPU_KVCACHE_SPACE={cpu_kv_cache_gib}"
-        else:
-            env = "CUDA_VISIBLE_DEVICES=" + ",".join(str(i) for i in range(vllm_tp))
+            serve = [f"VLLM_CPU_KVCACHE_SPACE={cpu_kv_cache_gib}"] + serve
         if max_len:
             serve += ["--max_model_len", str(max_len)]
         serve += list(server_args or [])
-        plan.append({"host": server, "role": "vllm", "rank": None, "command": f"{env} {shlex.join(serve)}",
-                     "log": os.path.join(log_dir, f"vllm-{server}.log")})
+        plan.append({"host": server, "role": "vllm", "rank": None, "command": shlex.join(serve),
+                     "log": os.path.join(log_dir, f"vllm-{server}.log"), "gpus": None if cpu else gpus_per_node})
     for rank, host in enumerate(trainers):
         launch = ["accelerate", "launch", "--config_file", accelerate_config,
                   "--num_machines", str(len(trainers)), "--machine_rank", str(rank),
@@ -177,7 +225,7 @@ def node_commands(hosts: list[str], config: str, recipe: dict, gpus_per_node: in
         else:
             launch += ["--vllm_mode", "colocate"]
         plan.append({"host": host, "role": "train", "rank": rank, "command": shlex.join(launch + (extra or [])),
-                     "log": os.path.join(log_dir, f"train{rank}-{host}.log")})
+                     "log": os.path.join(log_dir, f"train{rank}-{host}.log"), "gpus": None if cpu else gpus_per_node})
     return plan
 
 
@@ -228,6 +276,93 @@ def tail(path: str, lines: int = 25) -> str:
 SUPERVISE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slurm", "supervise.py")
 
 
+def srun_command(node: dict, name: str) -> list[str]:
+    """`srun` for the job step of one node. --gres=gpu:N where the node has GPUs: Slurm picks the node's N allocated
+    GPUs and sets the step's CUDA_VISIBLE_DEVICES and SLURM_STEP_GPUS to them (one step per node: none is shared).
+    --overlap: steps share the allocation's CPUs; --kill-on-bad-exit: a task that dies ends its own step."""
+    return ["srun", "--nodes=1", "--ntasks=1", f"--nodelist={node['host']}", f"--job-name={name}", "--overlap",
+            *([f"--gres=gpu:{node['gpus']}"] if node.get("gpus") else []), "--kill-on-bad-exit=1"]
+
+
+# What a probe step prints: the node Slurm ran it on and the GPUs Slurm gave it.
+PROBE = 'echo "$SLURMD_NODENAME ${CUDA_VISIBLE_DEVICES-} ${SLURM_STEP_GPUS-}"'
+
+
+def probe_steps(plan: list[dict]) -> dict[str, dict]:
+    """Each node's job step as the run starts it (srun_command), running PROBE instead of its command (seconds, no
+    model): host -> {node, CUDA_VISIBLE_DEVICES, SLURM_STEP_GPUS} as Slurm set them."""
+    procs = {n["host"]: subprocess.Popen(srun_command(n, "probe") + ["bash", "-c", PROBE], stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True) for n in plan}
+    steps = {}
+    for host, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        fields = out.strip().split(" ")
+        if proc.returncode != 0 or len(fields) != 3:
+            raise RuntimeError(f"the probe step on {host} failed (exit code {proc.returncode}): "
+                               f"{out.strip()} {err.strip()}")
+        steps[host] = dict(zip(("node", "CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS"), fields))
+    return steps
+
+
+def gpu_use(node: dict, gpus: list[str], vllm_tp: int) -> list[list[str]]:
+    """The GPUs of each process (a training node: one per local rank) or engine (the vLLM node: vllm_tp each) of a
+    node's step, given the GPU ids Slurm gave the step in CUDA_VISIBLE_DEVICES order: Accelerate gives local rank i the
+    i-th visible GPU; vLLM gives data-parallel engine e the visible GPUs e*tp .. e*tp+tp-1."""
+    if len(gpus) != node["gpus"]:
+        raise ValueError(f"{node['host']} ({node['role']}): its step received {len(gpus)} GPUs "
+                         f"({','.join(gpus) or 'none'}) but the plan runs {node['gpus']}")
+    size = vllm_tp if node["role"] == "vllm" else 1
+    return [gpus[i:i + size] for i in range(0, len(gpus), size)]
+
+
+def allocated_gpu_ids(job_id: str) -> dict[str, list[str]]:
+    """node -> the GPU indices the job holds there, from `scontrol show job -d`
+    ("Nodes=n[1-2] CPU_IDs=0 Mem=0 GRES=gpu:8(IDX:0-7)")."""
+    out = subprocess.run(["scontrol", "show", "job", "-d", job_id], capture_output=True, text=True).stdout
+    held = {}
+    for nodes, idx in re.findall(r"\bNodes=(\S+) .*?GRES=\S*?gpu\S*?\(IDX:([\d,-]+)\)", out):
+        ids = [str(i) for part in idx.split(",") for i in range(int(part.split("-")[0]), int(part.split("-")[-1]) + 1)]
+        held.update({host: ids for host in expand_nodelist(nodes)})
+    return held
+
+
+def unused_or_shared(use: dict[str, list[list[str]]], allocated: dict[str, list[str]]) -> list[str]:
+    """What breaks "every allocated GPU used by exactly one process or engine", node by node (empty when none does)."""
+    problems = []
+    for host in sorted(set(use) | set(allocated)):
+        used = [g for group in use.get(host, []) for g in group]
+        if twice := sorted({g for g in used if used.count(g) > 1}):
+            problems.append(f"{host}: GPUs {twice} used twice")
+        if idle := [g for g in allocated.get(host, []) if g not in used]:
+            problems.append(f"{host}: GPUs {idle} allocated but idle")
+        if foreign := [g for g in used if g not in allocated.get(host, [])]:
+            problems.append(f"{host}: GPUs {foreign} used but not allocated to the job")
+    return problems
+
+
+def probe_gpus(plan: list[dict], vllm_tp: int) -> list[dict]:
+    """Start each node's step with a probe, map its GPUs to processes and engines, check them against the job's
+    allocation and print one JSON line per node; exits non-zero naming any GPU used twice, idle or not the job's."""
+    rows = []
+    try:
+        steps = probe_steps(plan)
+        for node in plan:
+            step = steps[node["host"]]
+            ids = (step["SLURM_STEP_GPUS"] or step["CUDA_VISIBLE_DEVICES"]).split(",")
+            rows.append({"host": node["host"], "role": node["role"], "rank": node["rank"], **step,
+                         "use": gpu_use(node, [i for i in ids if i], vllm_tp)})
+            print(json.dumps(rows[-1]), flush=True)
+    except (RuntimeError, ValueError, subprocess.TimeoutExpired) as error:
+        sys.exit(f"[probe] FAILED: {error}")
+    allocated = allocated_gpu_ids(os.environ.get("SLURM_JOB_ID", ""))
+    problems = unused_or_shared({r["host"]: r["use"] for r in rows}, allocated)
+    if problems:
+        sys.exit("[probe] FAILED: " + "; ".join(problems))
+    print(f"[probe] {sum(len(v) for v in allocated.values())} GPUs on {len(allocated)} nodes, each used by exactly "
+          "one training process or vLLM engine", flush=True)
+    return rows
+
+
 class Steps:
     """The job steps this launcher started (one `srun` per node), watched and cancelled together."""
 
@@ -238,11 +373,9 @@ class Steps:
         name = f"{node['role']}{'' if node['rank'] is None else node['rank']}"
         os.makedirs(os.path.dirname(os.path.abspath(node["log"])), exist_ok=True)
         log = open(node["log"], "ab")
-        # --overlap: steps share the allocation's CPUs; --kill-on-bad-exit: a task that dies ends its own step.
-        cmd = ["srun", "--nodes=1", "--ntasks=1", f"--nodelist={node['host']}", f"--job-name={name}", "--overlap",
-               "--kill-on-bad-exit=1", "bash", "-c",
-               f"cd {shlex.quote(self.workdir)} && exec {shlex.quote(sys.executable)} {shlex.quote(SUPERVISE)} "
-               f"env {node['command']}"]
+        cmd = srun_command(node, name) + [
+            "bash", "-c", f"cd {shlex.quote(self.workdir)} && exec {shlex.quote(sys.executable)} "
+                          f"{shlex.quote(SUPERVISE)} env {node['command']}"]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
         log.close()
@@ -406,13 +539,17 @@ def main(argv=None):
                         help="default: accelerate_configs/zero3.yaml on GPU nodes, accelerate_configs/cpu.yaml on CPU nodes")
     parser.add_argument("--vllm_port", type=int, default=8000)
     parser.add_argument("--main_port", type=int, default=29500)
-    parser.add_argument("--vllm_tensor_parallel_size", type=int, default=1)
+    parser.add_argument("--vllm_tensor_parallel_size", type=int, default=1,
+                        help="GPUs per vLLM engine; the server runs (node's GPUs / this) data-parallel engines")
     parser.add_argument("--no_vllm_node", action="store_true", help="all nodes train; vLLM colocated")
     parser.add_argument("--server_args", default="", help="extra arguments for `trl vllm-serve`, one string")
     parser.add_argument("--server_timeout_s", type=float, default=1200,
                         help="stop when the server is not healthy after this many seconds")
     parser.add_argument("--log_dir", default=None, help="one log per node; default <output_dir>/logs")
     parser.add_argument("--dry_run", action="store_true", help="print each node's command and exit")
+    parser.add_argument("--probe_gpus", action="store_true",
+                        help="inside the allocation: start each node's step with a probe, print the GPUs Slurm gave "
+                             "it and which process or engine uses each, check that every GPU is used once, and exit")
     args = parser.parse_args(argv)
     if not args.nodes:
         parser.error("no nodes: run inside a Slurm allocation (salloc/sbatch) or pass --nodes")
@@ -429,14 +566,22 @@ def main(argv=None):
     hosts = expand_nodelist(args.nodes)
     addresses = {} if args.dry_run else {h: node_address(h) for h in hosts}
     output_dir = str(recipe.get("output_dir", "outputs"))
-    plan = node_commands(hosts, args.config, recipe, args.cpu_processes_per_node if cpu else gpus, accelerate_config,
-                         args.vllm_port, args.main_port, args.vllm_tensor_parallel_size, not args.no_vllm_node,
-                         extra, addresses, cpu, args.cpu_kv_cache_gib, args.log_dir or os.path.join(output_dir, "logs"),
-                         shlex.split(args.server_args))
+    try:
+        plan = node_commands(hosts, args.config, recipe, args.cpu_processes_per_node if cpu else gpus,
+                             accelerate_config, args.vllm_port, args.main_port, args.vllm_tensor_parallel_size,
+                             not args.no_vllm_node, extra, addresses, cpu, args.cpu_kv_cache_gib,
+                             args.log_dir or os.path.join(output_dir, "logs"), shlex.split(args.server_args),
+                             model_heads(str(recipe.get("model_name_or_path", ""))))
+    except ValueError as error:
+        parser.error(str(error))
     if args.dry_run:
         for node in plan:
             print(json.dumps(node))
         return plan
+    if args.probe_gpus:
+        if cpu or not os.environ.get("SLURM_JOB_ID"):
+            parser.error("--probe_gpus runs inside an allocation with GPUs (salloc/sbatch --gpus-per-node N)")
+        return probe_gpus(plan, args.vllm_tensor_parallel_size)
     server = next((n for n in plan if n["role"] == "vllm"), None)
     url = f"http://{addresses.get(server['host'], server['host'])}:{args.vllm_port}" if server else None
     print(f"[launch] {len(hosts)} nodes ({'CPU' if cpu else f'{gpus} GPUs each'}): "

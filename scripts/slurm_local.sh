@@ -7,16 +7,21 @@
 #   export SLURM_CONF=$PWD/.cache/slurm/etc/slurm.conf
 #   salloc -N3 python launch_slurm.py --config recipes/tiny.yaml
 #   bash scripts/slurm_local.sh status
+#   SLURM_LOCAL_GPUS=8 bash scripts/slurm_local.sh up 3   # 8 stand-in GPUs per node, declared to Slurm
 #   bash scripts/slurm_local.sh down            # stop every daemon it started, by PID
 #
 # SLURM_LOCAL_DIR (default <repo>/.cache/slurm) holds everything: config, munge key and socket, state, logs and
-# pid files; nothing outside it is written except the Debian packages. Node names are node1..nodeN; they do not
+# pid files; nothing outside it is written except the Debian packages. SLURM_LOCAL_GPUS=G declares G GPUs on each
+# node (gres/gpu) without any GPU: stand-in character devices <dir>/dev/nodeK/gpu0..G-1 (Slurm refuses plain files),
+# so Slurm assigns them to jobs and steps and sets CUDA_VISIBLE_DEVICES, SLURM_STEP_GPUS, SLURM_GPUS_ON_NODE as on a
+# GPU cluster (`launch_slurm.py --probe_gpus` shows them). Node names are node1..nodeN; they do not
 # resolve through DNS: launch_slurm.py reads each node's address (NodeAddr) from `scontrol show node`, as it must on
 # clusters whose node names are not host names. Needs root (apt-get, slurmd), as on a real cluster.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 DIR="$(mkdir -p "${SLURM_LOCAL_DIR:-$HERE/.cache/slurm}" && cd "${SLURM_LOCAL_DIR:-$HERE/.cache/slurm}" && pwd)"
 CTLD_PORT="${SLURM_LOCAL_PORT:-6817}"  # slurmctld; node K's slurmd listens on CTLD_PORT + K
+GPUS="${SLURM_LOCAL_GPUS:-0}"          # GPUs declared per node (gres), stand-in devices
 
 install() {
     if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v srun >/dev/null \
@@ -74,6 +79,7 @@ down() {
 up() {
     local n="$1"
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "slurm_local: up N: N must be a number of nodes >= 1, got '$n'" >&2; exit 2; }
+    [[ "$GPUS" =~ ^[0-9]+$ ]] || { echo "slurm_local: SLURM_LOCAL_GPUS must be a number of GPUs per node, got '$GPUS'" >&2; exit 2; }
     install
     if pid_alive "$DIR/run/slurmctld.pid"; then
         echo "slurm_local: already running in $DIR; run 'bash scripts/slurm_local.sh down' first" >&2
@@ -87,6 +93,24 @@ up() {
     # munged as root (-f: it would refuse a root-owned key otherwise); the socket and key live in $DIR only.
     munged -f --key-file "$DIR/munge/munge.key" --socket "$DIR/munge/munge.socket" \
         --pid-file "$DIR/run/munged.pid" --log-file "$DIR/log/munged.log" --seed-file "$DIR/munge/munged.seed"
+
+    local gres=""
+    if [ "$GPUS" -gt 0 ]; then
+        # each node its own device files, so that every node owns its G GPUs; c 1 3 is /dev/null's device number
+        : > "$DIR/etc/gres.conf"
+        for k in $(seq "$n"); do
+            mkdir -p "$DIR/dev/node$k"
+            for g in $(seq 0 $((GPUS - 1))); do
+                [ -c "$DIR/dev/node$k/gpu$g" ] || mknod "$DIR/dev/node$k/gpu$g" c 1 3
+            done
+            local files="gpu0"
+            if [ "$GPUS" -gt 1 ]; then files="gpu[0-$((GPUS - 1))]"; fi
+            echo "NodeName=node$k Name=gpu File=$DIR/dev/node$k/$files Flags=nvidia_gpu_env" >> "$DIR/etc/gres.conf"
+        done
+        gres=" Gres=gpu:$GPUS"
+    else
+        rm -f "$DIR/etc/gres.conf"
+    fi
 
     local cpus mem_mb host
     cpus=$(nproc)
@@ -122,8 +146,9 @@ up() {
         echo "AccountingStorageType=accounting_storage/none"
         echo "JobCompType=jobcomp/none"
         echo "JobAcctGatherType=jobacct_gather/none"
+        if [ "$GPUS" -gt 0 ]; then echo "GresTypes=gpu"; fi
         for k in $(seq "$n"); do
-            echo "NodeName=node$k NodeAddr=127.0.0.1 NodeHostname=$host Port=$((CTLD_PORT + k)) CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN"
+            echo "NodeName=node$k NodeAddr=127.0.0.1 NodeHostname=$host Port=$((CTLD_PORT + k)) CPUs=$cpus RealMemory=$mem_mb$gres State=UNKNOWN"
         done
         echo "PartitionName=local Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES"
     } > "$DIR/etc/slurm.conf"

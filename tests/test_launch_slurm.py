@@ -72,12 +72,15 @@ def test_failed_rank_reads_torchrun_s_failure_summary(tmp_path):
 RECIPE = {"model_name_or_path": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "vllm_max_model_length": 16384}
 
 
-def test_last_node_serves_vllm_and_the_others_train_with_one_rendezvous():
+def test_last_node_serves_vllm_on_every_gpu_and_the_others_train_with_one_rendezvous():
     plan = ls.node_commands(["g1", "g2", "g3"], "recipes/justrl.yaml", RECIPE, 8, "accelerate_configs/zero3.yaml",
                             log_dir="out/logs")
-    assert [(n["host"], n["role"], n["rank"]) for n in plan] == [("g3", "vllm", None), ("g1", "train", 0), ("g2", "train", 1)]
-    assert plan[0]["command"] == ("CUDA_VISIBLE_DEVICES=0 trl vllm-serve --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B "
-                                  "--tensor_parallel_size 1 --host 0.0.0.0 --port 8000 --max_model_len 16384")
+    assert [(n["host"], n["role"], n["rank"], n["gpus"]) for n in plan] == [
+        ("g3", "vllm", None, 8), ("g1", "train", 0, 8), ("g2", "train", 1, 8)]
+    # 8 engines of 1 GPU; no CUDA_VISIBLE_DEVICES: the step's GPUs are the ones Slurm assigns (--gres=gpu:8)
+    assert plan[0]["command"] == ("trl vllm-serve --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B "
+                                  "--tensor_parallel_size 1 --data_parallel_size 8 --host 0.0.0.0 --port 8000 "
+                                  "--max_model_len 16384")
     assert [n["log"] for n in plan] == ["out/logs/vllm-g3.log", "out/logs/train0-g1.log", "out/logs/train1-g2.log"]
     rank1 = shlex.split(plan[2]["command"])
     assert rank1 == ["accelerate", "launch", "--config_file", "accelerate_configs/zero3.yaml", "--num_machines", "2",
@@ -94,6 +97,7 @@ def test_cpu_nodes_get_a_float32_eager_server_with_a_bounded_kv_cache_and_node_a
     assert plan[0]["command"] == ("VLLM_CPU_KVCACHE_SPACE=2 trl vllm-serve --model .cache/tiny/sft --tensor_parallel_size 1 "
                                   "--host 0.0.0.0 --port 8000 --dtype float32 --enforce_eager true "
                                   "--no-enable-chunked-prefill --max_model_len 96 --max_num_seqs 64")
+    assert [n["gpus"] for n in plan] == [None, None, None]  # CPU steps ask Slurm for no GPU
     rank0 = plan[1]["command"]
     assert "--main_process_ip 10.0.0.1" in rank0 and "--vllm_server_host 10.0.0.3" in rank0
     assert "--num_processes 2 --mixed_precision no train_grpo.py" in rank0  # DeepSpeed on CPUs: no bf16 engine
@@ -117,6 +121,61 @@ def test_colocated_generation_uses_every_node_for_training():
                                        "--vllm_mode colocate --seed 3")
 
 
+def test_tensor_parallel_groups_split_the_server_node_into_data_parallel_engines():
+    plan = ls.node_commands(["g1", "g2"], "r.yaml", RECIPE, 8, "accelerate_configs/zero3.yaml", vllm_tp=4,
+                            heads=(12, 2))
+    assert "--tensor_parallel_size 4 --data_parallel_size 2 --host" in plan[0]["command"]
+    assert ls.server_parallelism(8, 1, (12, 2)) == 8
+    assert ls.server_parallelism(8, 2, (12, 2)) == 4
+    assert ls.server_parallelism(4, 4, (32, 8)) == 1
+    assert ls.server_parallelism(8, 8, None) == 1  # heads unknown: only the GPUs are checked
+
+
+def test_a_tensor_parallel_size_that_heads_or_gpus_cannot_take_is_refused_naming_the_flag():
+    # 12 attention heads (the 1.5B models) do not split 8 ways
+    with pytest.raises(ValueError, match=r"--vllm_tensor_parallel_size 8: the model has 12 attention heads and 2 "
+                                         r"key-value heads, which vLLM cannot split 8 ways; use one of \[1, 2, 4\]"):
+        ls.server_parallelism(8, 8, (12, 2))
+    # 12 key-value heads can neither be split 8 ways nor replicated to 8
+    with pytest.raises(ValueError, match=r"use one of \[1, 2, 4\]"):
+        ls.server_parallelism(8, 8, (32, 12))
+    with pytest.raises(ValueError, match=r"--vllm_tensor_parallel_size 3 does not divide the vLLM node's 8 GPUs; "
+                                         r"use one of \[1, 2, 4, 8\]"):
+        ls.server_parallelism(8, 3, (12, 2))
+
+
+def test_model_heads_reads_config_json_of_a_local_model(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"num_attention_heads": 12, "num_key_value_heads": 2}))
+    assert ls.model_heads(str(tmp_path)) == (12, 2)
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"num_attention_heads": 16}}))
+    assert ls.model_heads(str(tmp_path)) == (16, 16)  # no num_key_value_heads: multi-head attention
+    assert ls.model_heads(str(tmp_path / "missing")) is None
+
+
+def test_gpu_use_maps_slurm_s_gpu_ids_to_processes_and_engines():
+    server = {"host": "g3", "role": "vllm", "gpus": 4}
+    trainer = {"host": "g1", "role": "train", "gpus": 4}
+    assert ls.gpu_use(server, ["4", "5", "6", "7"], 2) == [["4", "5"], ["6", "7"]]
+    assert ls.gpu_use(trainer, ["4", "5", "6", "7"], 2) == [["4"], ["5"], ["6"], ["7"]]
+    with pytest.raises(ValueError, match=r"g1 \(train\): its step received 2 GPUs \(0,1\) but the plan runs 4"):
+        ls.gpu_use(trainer, ["0", "1"], 1)
+
+
+def test_unused_or_shared_names_each_gpu_used_twice_idle_or_foreign():
+    allocated = {"g1": ["0", "1"], "g2": ["0", "1"]}
+    assert ls.unused_or_shared({"g1": [["0"], ["1"]], "g2": [["0", "1"]]}, allocated) == []
+    assert ls.unused_or_shared({"g1": [["0"], ["0"]], "g2": [["1", "2"]]}, allocated) == [
+        "g1: GPUs ['0'] used twice", "g1: GPUs ['1'] allocated but idle", "g2: GPUs ['0'] allocated but idle",
+        "g2: GPUs ['2'] used but not allocated to the job"]
+
+
+def test_job_steps_ask_slurm_for_the_node_s_gpus():
+    node = {"host": "g1", "role": "train", "rank": 0, "gpus": 8}
+    assert ls.srun_command(node, "train0") == ["srun", "--nodes=1", "--ntasks=1", "--nodelist=g1", "--job-name=train0",
+                                               "--overlap", "--gres=gpu:8", "--kill-on-bad-exit=1"]
+    assert "--gres=gpu:8" not in ls.srun_command({**node, "gpus": None}, "train0")
+
+
 def test_one_node_is_refused_with_a_pointer_to_the_readme():
     with pytest.raises(ValueError, match="need at least 2 nodes"):
         ls.node_commands(["g1"], "r.yaml", RECIPE, 8, "z.yaml")
@@ -136,6 +195,14 @@ def test_dry_run_prints_one_json_line_per_node_and_starts_nothing():
     assert all(n["command"].endswith("--vllm_server_port 8000 --output_dir /scratch/run") for n in lines[1:])
     assert "--num_processes 32" in lines[1]["command"]  # 4 training nodes x 8 GPUs: JustRL's 32-GPU shape
     assert lines[1]["log"] == "/scratch/run/logs/train0-gpu01.log"  # -- --output_dir moves the logs too
+    assert "--tensor_parallel_size 1 --data_parallel_size 8 " in lines[0]["command"]
+
+
+def test_dry_run_refuses_a_tensor_parallel_size_the_model_s_heads_cannot_take(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"num_attention_heads": 12, "num_key_value_heads": 2}))
+    out = _dry_run("--config", "recipes/justrl.yaml", "--nodes", "gpu[01-05]", "--gpus_per_node", "8", "--dry_run",
+                   "--vllm_tensor_parallel_size", "8", "--", "--model_name_or_path", str(tmp_path))
+    assert out.returncode == 2 and "--vllm_tensor_parallel_size 8: the model has 12 attention heads" in out.stderr
 
 
 def test_an_allocation_without_gpus_plans_cpu_nodes():
@@ -167,3 +234,11 @@ def test_allocation_gpus_reads_slurm_s_environment(monkeypatch):
     assert ls.allocation_gpus() == 8
     monkeypatch.setenv("SLURM_GPUS_ON_NODE", "0")
     assert ls.allocation_gpus() == 0
+
+
+def test_probe_gpus_outside_an_allocation_says_where_it_runs():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    out = _dry_run("--config", "recipes/tiny.yaml", "--nodes", "a,b", "--gpus_per_node", "2", "--probe_gpus",
+                   env=dict(env, PATH="/usr/bin:/bin"))
+    assert out.returncode == 2
+    assert "--probe_gpus runs inside an allocation with GPUs (salloc/sbatch --gpus-per-node N)" in out.stderr
