@@ -305,12 +305,13 @@ def wait_for_server(steps: Steps, name: str, url: str, timeout_s: float) -> floa
     """Seconds until `url`/health/ answers 200; fails at once if the server's step exits, or after timeout_s."""
     start = time.time()
     proc, node = steps.running[name]
+    log_start = steps.log_start.get(node["log"], 0)  # this attempt's part of the log
     while time.time() - start < timeout_s:
         code = proc.poll()
         if code is not None:
             del steps.running[name]
             raise RuntimeError(f"the vLLM server on {node['host']} exited with code {code} before it was healthy "
-                               f"({time.time() - start:.0f} s); last lines of {node['log']}:\n{tail(node['log'])}")
+                               f"({time.time() - start:.0f} s); last lines of {node['log']}:\n{tail(node['log'], start=log_start)}")
         try:
             with urllib.request.urlopen(f"{url}/health/", timeout=5) as response:
                 if response.status == 200:
@@ -319,7 +320,7 @@ def wait_for_server(steps: Steps, name: str, url: str, timeout_s: float) -> floa
             pass
         time.sleep(1)
     raise RuntimeError(f"the vLLM server on {node['host']} was not healthy at {url} after {timeout_s:.0f} s "
-                       f"(--server_timeout_s); last lines of {node['log']}:\n{tail(node['log'])}")
+                       f"(--server_timeout_s); last lines of {node['log']}:\n{tail(node['log'], start=log_start)}")
 
 
 def healthy(url: str, timeout_s: float = 10.0) -> bool:
