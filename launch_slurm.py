@@ -250,9 +250,11 @@ class Steps:
     def start(self, node: dict, env: dict | None = None) -> None:
         name = f"{node['role']}{'' if node['rank'] is None else node['rank']}"
         os.makedirs(os.path.dirname(os.path.abspath(node["log"])), exist_ok=True)
-        log = open(node["log"], "ab")
+        log = open(node["log"], "ab+")
         self.log_start[node["log"]] = log.tell()
-        log.write(f"[launch] attempt {self.attempt}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        log.seek(max(log.tell() - 1, 0))
+        newline = b"" if log.read(1) in (b"", b"\n") else b"\n"  # a killed process may have cut its last line
+        log.write(newline + f"[launch] attempt {self.attempt}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         log.flush()
         # --overlap: steps share the allocation's CPUs; --kill-on-bad-exit: a task that dies ends its own step.
         cmd = ["srun", "--nodes=1", "--ntasks=1", f"--nodelist={node['host']}", f"--job-name={name}", "--overlap",
