@@ -119,3 +119,16 @@ def test_max_restarts_must_not_be_negative(capsys):
     with pytest.raises(SystemExit):
         ls.main(["--config", "recipes/tiny.yaml", "--nodes", "a,b", "--max_restarts", "-1", "--dry_run"])
     assert "--max_restarts -1: must be 0 (stop at the first fault) or more" in capsys.readouterr().err
+
+
+def test_each_attempt_appends_its_header_on_a_line_of_its_own(local_steps):
+    log = local_steps / "logs" / "train0-node1.log"
+    log.parent.mkdir()
+    log.write_bytes(b"Loading weights:  50%|#####     | 13/26\r")  # a progress bar cut by a kill
+    steps = ls.Steps(str(local_steps))
+    steps.attempt = 2
+    steps.start({"host": "node1", "role": "train", "rank": 0, "command": "echo resumed", "log": str(log)})
+    assert steps.running["train0"][0].wait(timeout=60) == 0
+    text = log.read_bytes()
+    assert text.startswith(b"Loading weights:  50%|#####     | 13/26\r\n[launch] attempt 2, ") and text.endswith(b"\nresumed\n")
+    assert steps.log_start[str(log)] == len(b"Loading weights:  50%|#####     | 13/26\r")
