@@ -35,6 +35,12 @@ also polled during training (a hung server, or one dead inside a step that has n
 slurm/supervise.py, so no process a step started (vLLM's engine, torchrun's workers) outlives it. Relaunching the same
 command starts a fresh server and resumes every process from that checkpoint, with the same data order. A server
 that exits before it is healthy is reported at once; one that never gets healthy after --server_timeout_s.
+With --max_restarts K the launcher does that relaunch itself, in the same allocation, up to K times: a `[launch]
+RESTART` line names the cause, a later line its cost (from the failure seen to the first generation step after the
+resume), and the last line lists them all. A node blamed for two faults in a row is not restarted on (the job stops
+naming it, for `sbatch --exclude`). Every step's log is appended to, each attempt under an `[launch] attempt N` line.
+
+    python launch_slurm.py --config recipes/justrl.yaml --max_restarts 3
 
 Every GPU of the vLLM node generates: one `trl vllm-serve` (vLLM's own server since TRL 1.16) runs
 GPUs / --vllm_tensor_parallel_size data-parallel engines of --vllm_tensor_parallel_size GPUs each (default 1: 8
@@ -245,10 +251,13 @@ def with_overrides(recipe: dict, extra: list[str]) -> dict:
     return recipe
 
 
-def failed_rank(log_path: str) -> str | None:
-    """What torch.distributed.run printed about the first failed process ("rank 1 (local_rank 0), exit code -9")."""
+def failed_rank(log_path: str, start: int = 0) -> str | None:
+    """What torch.distributed.run printed about the first failed process ("rank 1 (local_rank 0), exit code -9"),
+    read from byte `start` on (a log holds every attempt's output: only the last attempt's failure counts)."""
     try:
-        text = open(log_path, errors="replace").read()[-200_000:]
+        with open(log_path, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")[-200_000:]
     except OSError:
         return None
     rank = re.search(r"rank\s*:\s*(\d+) \(local_rank: (\d+)\)", text)
@@ -265,9 +274,12 @@ def failed_rank(log_path: str) -> str | None:
             + (f", exit code {code.group(1)}{signal_name}" if code else ""))
 
 
-def tail(path: str, lines: int = 25) -> str:
+def tail(path: str, lines: int = 25, start: int = 0) -> str:
+    """The last `lines` lines of a log, from byte `start` on."""
     try:
-        return "".join(open(path, errors="replace").readlines()[-lines:])
+        with open(path, "rb") as f:
+            f.seek(start)
+            return "".join(f.read().decode(errors="replace").splitlines(keepends=True)[-lines:])
     except OSError as error:
         return f"(no log: {error})"
 
@@ -368,11 +380,17 @@ class Steps:
 
     def __init__(self, workdir: str):
         self.workdir, self.running = workdir, {}  # name -> (Popen, node dict)
+        self.attempt, self.log_start = 1, {}  # log path -> byte where this attempt's output begins (logs are appended)
 
     def start(self, node: dict, env: dict | None = None) -> None:
         name = f"{node['role']}{'' if node['rank'] is None else node['rank']}"
         os.makedirs(os.path.dirname(os.path.abspath(node["log"])), exist_ok=True)
-        log = open(node["log"], "ab")
+        log = open(node["log"], "ab+")
+        self.log_start[node["log"]] = log.tell()
+        log.seek(max(log.tell() - 1, 0))
+        newline = b"" if log.read(1) in (b"", b"\n") else b"\n"  # a killed process may have cut its last line
+        log.write(newline + f"[launch] attempt {self.attempt}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        log.flush()
         cmd = srun_command(node, name) + [
             "bash", "-c", f"cd {shlex.quote(self.workdir)} && exec {shlex.quote(sys.executable)} "
                           f"{shlex.quote(SUPERVISE)} env {node['command']}"]
@@ -422,12 +440,13 @@ def wait_for_server(steps: Steps, name: str, url: str, timeout_s: float) -> floa
     """Seconds until `url`/health/ answers 200; fails at once if the server's step exits, or after timeout_s."""
     start = time.time()
     proc, node = steps.running[name]
+    log_start = steps.log_start.get(node["log"], 0)  # this attempt's part of the log
     while time.time() - start < timeout_s:
         code = proc.poll()
         if code is not None:
             del steps.running[name]
             raise RuntimeError(f"the vLLM server on {node['host']} exited with code {code} before it was healthy "
-                               f"({time.time() - start:.0f} s); last lines of {node['log']}:\n{tail(node['log'])}")
+                               f"({time.time() - start:.0f} s); last lines of {node['log']}:\n{tail(node['log'], start=log_start)}")
         try:
             with urllib.request.urlopen(f"{url}/health/", timeout=5) as response:
                 if response.status == 200:
@@ -436,7 +455,7 @@ def wait_for_server(steps: Steps, name: str, url: str, timeout_s: float) -> floa
             pass
         time.sleep(1)
     raise RuntimeError(f"the vLLM server on {node['host']} was not healthy at {url} after {timeout_s:.0f} s "
-                       f"(--server_timeout_s); last lines of {node['log']}:\n{tail(node['log'])}")
+                       f"(--server_timeout_s); last lines of {node['log']}:\n{tail(node['log'], start=log_start)}")
 
 
 def healthy(url: str, timeout_s: float = 10.0) -> bool:
@@ -447,15 +466,111 @@ def healthy(url: str, timeout_s: float = 10.0) -> bool:
         return False
 
 
-def run(plan: list[dict], output_dir: str, server_url: str | None, server_timeout_s: float, poll_s: float = 1.0,
-        health_every_s: float = 5.0, health_failures: int = 3) -> None:
-    """Start the server, wait for it, start the trainers, and watch them all until they finish or one fails.
+class Fault(Exception):
+    """A job step died, or the server stopped answering: what died (`cause`, one line), the node blamed, and the
+    last lines of that step's log from this attempt (`details`)."""
+
+    def __init__(self, cause: str, host: str, details: str = ""):
+        super().__init__(cause + (f". {details}" if details else ""))
+        self.cause, self.host = cause, host
+
+
+def restart_refusal(host: str, earlier_hosts: list[str], max_restarts: int) -> str | None:
+    """Why a fault on `host` is not restarted, or None to restart. earlier_hosts: the nodes blamed for the faults
+    restarted so far, in order. A node that fails twice in a row is likely faulty: restarting on it again would
+    spend the restarts on one bad node, so the job stops and names it."""
+    if max_restarts == 0:
+        return ""
+    if len(earlier_hosts) >= max_restarts:
+        return f"not restarted: all {max_restarts} restarts used (--max_restarts)."
+    if earlier_hosts and earlier_hosts[-1] == host:
+        return (f"not restarted: {host} failed twice in a row (a faulty node?); resubmit without it, e.g. "
+                f"`sbatch --exclude={host} ...`.")
+    return None
+
+
+def data_order_lines(output_dir: str) -> int:
+    """Generation steps recorded so far in <output_dir>/data_order/ (train_grpo.py appends one line per step and
+    rank): a count that grows once training runs again after a restart."""
+    folder = os.path.join(output_dir, "data_order")
+    try:
+        return sum(open(os.path.join(folder, name), "rb").read().count(b"\n") for name in os.listdir(folder))
+    except OSError:
+        return 0
+
+
+def attempt(steps: Steps, plan: list[dict], server_url: str | None, server_timeout_s: float, poll_s: float,
+            health_every_s: float, health_failures: int, restart: dict | None = None) -> None:
+    """Start the server, wait for it, start the trainers and watch them all until every trainer has finished.
+    Raises Fault for the first step that dies. restart: the restart this attempt follows; its costs are filled in
+    (`server_s`, `first_step_s` from the trainers' start to the first generation step seen) and printed."""
+    server = next((n for n in plan if n["role"] == "vllm"), None)
+
+    def last_lines(node: dict) -> str:
+        return f"Last lines of {node['log']}:\n{tail(node['log'], start=steps.log_start.get(node['log'], 0))}"
+
+    if server:
+        steps.start(server)
+        try:
+            seconds = wait_for_server(steps, "vllm", server_url, server_timeout_s)
+        except RuntimeError as error:
+            cause, _, details = str(error).partition("; last lines of ")
+            raise Fault(cause, server["host"], "Last lines of " + details) from None
+        print(f"[launch] vLLM server healthy at {server_url} after {seconds:.0f} s", flush=True)
+        if restart:
+            restart["server_s"] = seconds
+    for node in plan:
+        if node["role"] == "train":
+            steps.start(node)
+    trainers_started = time.time()
+    failures, next_check = 0, time.time() + health_every_s
+    while any(n["role"] == "train" for _, n in steps.running.values()):
+        if restart and "first_step_s" not in restart and data_order_lines(restart["output_dir"]) > restart["lines"]:
+            restart["first_step_s"] = time.time() - trainers_started
+            print(f"[launch] restart {restart['number']} cost {restart_cost(restart):.0f} s from the failure seen to "
+                  f"the first generation step after the resume: stop {restart['stop_s']:.0f} s, server start "
+                  f"{restart.get('server_s', 0):.0f} s, trainer start-up to that step {restart['first_step_s']:.0f} s",
+                  flush=True)
+        if server and time.time() >= next_check:
+            failures = 0 if healthy(server_url) else failures + 1
+            next_check = time.time() + health_every_s
+            if failures >= health_failures:
+                raise Fault(f"the vLLM server on {server['host']} stopped answering {server_url}/health ({failures} "
+                            f"checks in a row, {health_every_s:g} s apart)", server["host"], last_lines(server))
+        ended = steps.poll()
+        if ended is None:
+            time.sleep(poll_s)
+            continue
+        name, code, node = ended
+        if node["role"] == "vllm":
+            raise Fault(f"the vLLM server on {node['host']} exited with code {code} during training", node["host"],
+                        last_lines(node))
+        if code != 0:
+            which = failed_rank(node["log"], steps.log_start.get(node["log"], 0)) or "a process (no rank reported)"
+            cause = f"training node {node['rank']} ({node['host']}): {which}; its job step exited with code {code}"
+            if server and not healthy(server_url, 5.0):  # a trainer that failed on a dead server: the server first
+                raise Fault(f"the vLLM server on {server['host']} is not answering {server_url}/health, and {cause}",
+                            server["host"], last_lines(node))
+            raise Fault(cause, node["host"], last_lines(node))
+        print(f"[launch] training node {node['rank']} ({node['host']}) finished", flush=True)
+
+
+def restart_cost(restart: dict) -> float:
+    """Seconds from the failure seen to the first generation step after the resume (stop + server + trainers)."""
+    return restart["stop_s"] + restart.get("server_s", 0) + restart.get("first_step_s", float("nan"))
+
+
+def run(plan: list[dict], output_dir: str, server_url: str | None, server_timeout_s: float, max_restarts: int = 0,
+        poll_s: float = 1.0, health_every_s: float = 5.0, health_failures: int = 3) -> list[dict]:
+    """Start the server, wait for it, start the trainers, and watch them all until they finish; returns the restarts.
 
     During training the server's /health is also checked every health_every_s: `health_failures` failures in a row
-    (a server process dead inside a step that has not ended yet, or hung) stop the job as a dead server does."""
+    (a server process dead inside a step that has not ended yet, or hung) count as a dead server. A fault stops
+    every step; up to max_restarts times (unless the same node failed just before) the whole job restarts in the
+    allocation: a fresh server, every trainer resuming from the newest complete checkpoint (train_grpo.py finds it in
+    output_dir). Each restart prints a line with its cause, then one with its cost; the last line sums them up."""
     steps = Steps(os.getcwd())
-    server = next((n for n in plan if n["role"] == "vllm"), None)
-    started = time.time()
+    started, restarts = time.time(), []
 
     def fail(message: str) -> None:
         t = time.time()
@@ -464,48 +579,48 @@ def run(plan: list[dict], output_dir: str, server_url: str | None, server_timeou
         sys.exit(f"[launch] FAILED: {message}\n[launch] every other job step was stopped "
                  f"({time.time() - t:.0f} s after the failure was seen, {t - started:.0f} s into the run). "
                  f"Last checkpoint: {checkpoint or 'none yet (a relaunch starts over)'}. "
-                 "Relaunch the same command to resume from it.")
+                 "Relaunch the same command to resume from it." + restart_summary(restarts))
 
     signal.signal(signal.SIGTERM, lambda *_: fail("the launcher received SIGTERM (job cancelled or time limit)"))
     try:
-        if server:
-            steps.start(server)
+        restart = None
+        while True:
             try:
-                seconds = wait_for_server(steps, "vllm", server_url, server_timeout_s)
-            except RuntimeError as error:
-                fail(str(error))
-            print(f"[launch] vLLM server healthy at {server_url} after {seconds:.0f} s", flush=True)
-        for node in plan:
-            if node["role"] == "train":
-                steps.start(node)
-        failures, next_check = 0, time.time() + health_every_s
-        while any(n["role"] == "train" for _, n in steps.running.values()):
-            if server and time.time() >= next_check:
-                failures = 0 if healthy(server_url) else failures + 1
-                next_check = time.time() + health_every_s
-                if failures >= health_failures:
-                    fail(f"the vLLM server on {server['host']} stopped answering {server_url}/health "
-                         f"({failures} checks in a row, {health_every_s:g} s apart); last lines of "
-                         f"{server['log']}:\n{tail(server['log'])}")
-            ended = steps.poll()
-            if ended is None:
-                time.sleep(poll_s)
-                continue
-            name, code, node = ended
-            if node["role"] == "vllm":
-                fail(f"the vLLM server on {node['host']} exited with code {code} during training; last lines of "
-                     f"{node['log']}:\n{tail(node['log'])}")
-            if code != 0:
-                which = failed_rank(node["log"]) or "a process (no rank reported)"
-                cause = ""
-                if server and not healthy(server_url, 5.0):  # a trainer that failed on a dead server: say so first
-                    cause = f"the vLLM server on {server['host']} is not answering {server_url}/health, and "
-                fail(f"{cause}training node {node['rank']} ({node['host']}): {which}; its job step exited with code "
-                     f"{code}. Last lines of {node['log']}:\n{tail(node['log'])}")
-            print(f"[launch] training node {node['rank']} ({node['host']}) finished", flush=True)
+                attempt(steps, plan, server_url, server_timeout_s, poll_s, health_every_s, health_failures, restart)
+                break
+            except Fault as fault:
+                seen = time.time()
+                refusal = restart_refusal(fault.host, [r["host"] for r in restarts], max_restarts)
+                if refusal is not None:
+                    fail(f"{fault}\n[launch] {refusal}" if refusal else str(fault))
+                steps.stop_all()
+                cause = fault.cause
+                restart = {"number": len(restarts) + 1, "host": fault.host, "cause": cause, "output_dir": output_dir,
+                           "stop_s": time.time() - seen, "lines": data_order_lines(output_dir)}
+                restarts.append(restart)
+                checkpoint = last_checkpoint(output_dir)
+                print(f"[launch] RESTART {restart['number']} of at most {max_restarts} (--max_restarts): {cause}\n"
+                      f"[launch]   every step stopped in {restart['stop_s']:.1f} s; "
+                      f"{'a fresh server, and ' if server_url else ''}every trainer resumes from "
+                      f"{checkpoint or 'the start (no checkpoint yet)'}", flush=True)
+                steps.attempt += 1
     finally:
         steps.stop_all()
-    print(f"[launch] done in {time.time() - started:.0f} s; outputs in {output_dir}", flush=True)
+    print(f"[launch] done in {time.time() - started:.0f} s; outputs in {output_dir}" + restart_summary(restarts),
+          flush=True)
+    return restarts
+
+
+def restart_summary(restarts: list[dict]) -> str:
+    """The restarts of this launch, one line each with its cause and cost ("" when there were none)."""
+    if not restarts:
+        return ""
+    lines = [f"\n[launch] {len(restarts)} restart(s), "
+             f"{sum(restart_cost(r) for r in restarts if 'first_step_s' in r):.0f} s lost to them in all:"]
+    for r in restarts:
+        cost = f"{restart_cost(r):.0f} s" if "first_step_s" in r else "cost unknown (no generation step after it)"
+        lines.append(f"[launch]   {r['number']}. {r['cause']}: {cost}")
+    return "\n".join(lines)
 
 
 def check_accelerate_config(path: str) -> None:
@@ -545,12 +660,17 @@ def main(argv=None):
     parser.add_argument("--server_args", default="", help="extra arguments for `trl vllm-serve`, one string")
     parser.add_argument("--server_timeout_s", type=float, default=1200,
                         help="stop when the server is not healthy after this many seconds")
+    parser.add_argument("--max_restarts", type=int, default=0,
+                        help="after a fault, restart the whole job in this allocation (fresh server, resume from the "
+                             "newest checkpoint) up to this many times; never twice in a row for the same node")
     parser.add_argument("--log_dir", default=None, help="one log per node; default <output_dir>/logs")
     parser.add_argument("--dry_run", action="store_true", help="print each node's command and exit")
     parser.add_argument("--probe_gpus", action="store_true",
                         help="inside the allocation: start each node's step with a probe, print the GPUs Slurm gave "
                              "it and which process or engine uses each, check that every GPU is used once, and exit")
     args = parser.parse_args(argv)
+    if args.max_restarts < 0:
+        parser.error(f"--max_restarts {args.max_restarts}: must be 0 (stop at the first fault) or more")
     if not args.nodes:
         parser.error("no nodes: run inside a Slurm allocation (salloc/sbatch) or pass --nodes")
     if not os.path.isfile(args.config):
@@ -587,7 +707,7 @@ def main(argv=None):
     print(f"[launch] {len(hosts)} nodes ({'CPU' if cpu else f'{gpus} GPUs each'}): "
           f"{sum(n['role'] == 'train' for n in plan)} training, {1 if server else 0} vLLM server; output_dir {output_dir}",
           flush=True)
-    run(plan, output_dir, url, args.server_timeout_s)
+    run(plan, output_dir, url, args.server_timeout_s, args.max_restarts)
     return plan
 
 

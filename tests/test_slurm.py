@@ -3,15 +3,18 @@
     python -m pytest tests/test_slurm.py -q        # needs root (apt-get, slurmd); ~12 min on 2 cores
 
 JustRL's topology (2 training nodes with Accelerate's multi-machine rendezvous + 1 node serving `trl vllm-serve`)
-learns; a training process killed mid-run, then the server killed mid-run, each stop the whole job within 60 s with
-a message naming what died, and the relaunches resume with the uninterrupted run's data order; a server that never
-gets healthy stops the launcher after --server_timeout_s; ZeRO-3 across the two training nodes and --no_vllm_node run.
+learns; without --max_restarts a killed training process stops the whole job within 60 s with a message naming what
+died; the kill loop: the same run relaunched as a batch job (slurm/justrl.sbatch, --max_restarts 3) has a training
+process, the server and a training process SIGKILLed at seeded random moments, restarts in its allocation each time
+(cause and cost printed) and finishes with the uninterrupted run's data order; a server that never gets healthy
+stops the launcher after --server_timeout_s; ZeRO-3 across the two training nodes and --no_vllm_node run.
 After every launch no process of the job is left. Skipped where Slurm cannot be installed, except under CI, where
 that fails (tests/conftest.py).
 """
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -27,7 +30,7 @@ from conftest import ROOT, require
 
 pytestmark = pytest.mark.slow
 STEPS = 20           # generation steps of the uninterrupted run (30 gave 64.5% -> 92.0% held-out)
-KILLED_STEPS = 10    # generation steps of the interrupted run (its data order is the first 10 of the one above)
+KILLED_STEPS = 12    # generation steps of the kill loop's run (its data order is the first 12 of the one above)
 
 
 def _free_base_port(count: int) -> int:
@@ -132,6 +135,8 @@ def stop_leftover_launches():
     yield
     while RUNNING:
         launch = RUNNING.pop()
+        if launch.batch:  # the batch job outlives its `sbatch --wait`
+            subprocess.run(["scancel", "--name", launch.name], env=launch.env)
         if launch.proc.poll() is None:  # SIGTERM: salloc gives the allocation back, the launcher cancels its steps
             os.killpg(launch.proc.pid, signal.SIGTERM)
             try:
@@ -142,27 +147,33 @@ def stop_leftover_launches():
 
 
 class Launch:
-    """`salloc -N<nodes> python launch_slurm.py ...` in the background, its output in a file."""
+    """`salloc -N<nodes> python launch_slurm.py ...` in the background, its output in a file; with batch,
+    `sbatch --wait -N<nodes> slurm/justrl.sbatch ...` (job name `name`, the job's output in that file)."""
 
-    def __init__(self, env, tmp_path, name, *args, nodes: int = 3):
-        self.log_path = tmp_path / f"{name}.log"
-        self.log = open(self.log_path, "w")
+    def __init__(self, env, tmp_path, name, *args, nodes: int = 3, batch: bool = False):
+        self.log_path, self.name, self.env, self.batch = tmp_path / f"{name}.log", name, env, batch
+        self.log = open(tmp_path / f"{name}.sbatch.log" if batch else self.log_path, "w")
         if "--" in args:  # launcher options before the recipe's
             args = args[:args.index("--")] + tuple(PORTS) + args[args.index("--"):]
-        cmd = ["salloc", f"-N{nodes}", sys.executable, "launch_slurm.py", *args]
+        cmd = (["sbatch", "--wait", f"-N{nodes}", "--gpus-per-node=0", f"--job-name={name}", f"--output={self.log_path}",
+                "slurm/justrl.sbatch", *args] if batch else ["salloc", f"-N{nodes}", sys.executable, "launch_slurm.py", *args])
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.job_id = None
         RUNNING.append(self)
 
     def output(self) -> str:
-        return self.log_path.read_text()
+        return self.log_path.read_text() if self.log_path.exists() else ""
 
     def job(self) -> str:
         deadline = time.time() + 60
         while self.job_id is None and time.time() < deadline:
-            match = re.search(r"Granted job allocation (\d+)", self.output())
-            self.job_id = match.group(1) if match else None
+            if self.batch:
+                self.job_id = subprocess.run(["squeue", "-h", "--name", self.name, "-o", "%i"], env=self.env,
+                                             capture_output=True, text=True).stdout.strip() or None
+            else:
+                match = re.search(r"Granted job allocation (\d+)", self.output())
+                self.job_id = match.group(1) if match else None
             time.sleep(0.2)
         assert self.job_id, self.output()
         return self.job_id
@@ -265,53 +276,78 @@ def kill_and_read_failure(launch: Launch, pid: int, what: str) -> str:
     return text[text.index("[launch] FAILED"):]
 
 
-def test_killed_rank_and_killed_server_stop_the_job_and_relaunches_resume_in_order(cluster, recipe, uninterrupted,
-                                                                                  tmp_path):
+KILL_SEED = 20        # the kill loop's random moments
+KILL_TARGETS = ["rank 1", "server", "rank 1"]  # never one node twice in a row: that stops the job (restart_refusal)
+
+
+def rank_process(job: str, rank: int) -> list[int]:
+    """The PID of training rank `rank` of Slurm job `job` (torchrun's worker, not the agent), as a list."""
+    return [pid for pid, cmd, env in job_processes(job)
+            if env.get("RANK") == str(rank) and "TORCHELASTIC_RUN_ID" in env and "train_grpo.py" in cmd
+            and "accelerate" not in cmd.split()[0]]
+
+
+def data_order_lines(out) -> int:
+    folder = os.path.join(out, "data_order")
+    return sum(open(os.path.join(folder, n)).read().count("\n") for n in os.listdir(folder)) if os.path.isdir(folder) else 0
+
+
+def test_kill_loop_restarts_in_the_allocation_and_finishes_with_the_uninterrupted_data_order(cluster, recipe,
+                                                                                           uninterrupted, tmp_path):
     assert uninterrupted["code"] == 0
     out = str(tmp_path / "run")
     args = ["--config", recipe, "--", "--output_dir", out, "--total_generation_steps", str(KILLED_STEPS)]
 
-    # 1. SIGKILL rank 1's training process (node2) once checkpoint-4 (generation step 2) is written
-    launch = Launch(cluster, tmp_path, "first", *args)
+    # 1. --max_restarts 0 (the default): rank 1's training process SIGKILLed once checkpoint-4 is written stops the
+    #    whole job within 60 s, naming what died and the checkpoint to resume from
+    launch = Launch(cluster, tmp_path, "no_restarts", *args)
     wait_for(lambda: checkpoint_done(out, 4), 600, "checkpoint-4", launch)
-    rank1 = [pid for pid, cmd, env in job_processes(launch.job())
-             if env.get("RANK") == "1" and "TORCHELASTIC_RUN_ID" in env and "train_grpo.py" in cmd
-             and "accelerate" not in cmd.split()[0]]
+    rank1 = rank_process(launch.job(), 1)
     assert len(rank1) == 1, job_processes(launch.job())
     failure = kill_and_read_failure(launch, rank1[0], "training process")
     assert "training node 1 (node2): rank 1 (local rank 0), exit code -9 (SIGKILL)" in failure, failure
-    assert f"Last checkpoint: {out}/checkpoint-" in failure
+    assert f"Last checkpoint: {out}/checkpoint-" in failure and "RESTART" not in launch.output()
     launch.assert_nothing_left()
 
-    # 2. the relaunch resumes; SIGKILL the vLLM server once it has written a later checkpoint
-    launch = Launch(cluster, tmp_path, "second", *args)
-    resumed = wait_for(lambda: re.search(r"\[resume\] from (\S+)", open(f"{out}/logs/train0-node1.log").read()
-                                         if os.path.exists(f"{out}/logs/train0-node1.log") else ""),
-                       600, "the resume line", launch)
-    resumed_step = int(resumed.group(1).rsplit("-", 1)[1])
-    assert resumed_step >= 4
-    wait_for(lambda: checkpoint_done(out, resumed_step + 4), 600, f"checkpoint-{resumed_step + 4}", launch)
-    server = listener(int(PORTS[1]))  # the vLLM API server itself (`trl vllm-serve` runs it as its child)
-    assert server in {pid for pid, _, env in job_processes(launch.job()) if env.get("SLURMD_NODENAME") == "node3"}
-    failure = kill_and_read_failure(launch, server, "vLLM server")
-    assert failure.startswith("[launch] FAILED: the vLLM server on node3 "), failure
+    # 2. the same command as a batch job (slurm/justrl.sbatch passes --max_restarts 3) resumes; rank 1, the server
+    #    and rank 1 again are SIGKILLed, each at a random moment after the run has made a generation step since the
+    #    last restart; the launcher restarts each time and the run finishes
+    rng = random.Random(KILL_SEED)
+    launch = Launch(cluster, tmp_path, "kill_loop", *args, batch=True)
+    lines_before = data_order_lines(out)
+    for i, target in enumerate(KILL_TARGETS, start=1):
+        if i == 1:
+            wait_for(lambda: data_order_lines(out) > lines_before, 600, "a generation step after the resume", launch)
+        else:
+            wait_for(lambda: f"[launch] restart {i - 1} cost " in launch.output(), 600, f"restart {i - 1}'s step", launch)
+        time.sleep(rng.uniform(0.0, 2.0))
+        pids = rank_process(launch.job(), 1) if target == "rank 1" else [listener(int(PORTS[1]))]
+        assert len(pids) == 1, (target, job_processes(launch.job()))
+        os.kill(pids[0], signal.SIGKILL)
+        wait_for(lambda: f"[launch] RESTART {i} of at most 3" in launch.output(), 120, f"restart {i}", launch)
+    assert launch.wait(900) == 0, launch.output()[-5000:]
+    text = launch.output()
+    restarts = re.findall(r"\[launch\] RESTART (\d) of at most 3 \(--max_restarts\): (.*)", text)
+    assert [n for n, _ in restarts] == ["1", "2", "3"], text[-5000:]
+    assert "training node 1 (node2): rank 1 (local rank 0), exit code -9 (SIGKILL)" in restarts[0][1]
+    assert restarts[1][1].startswith("the vLLM server on node3 "), restarts[1][1]
+    assert "training node 1 (node2): rank 1 (local rank 0), exit code -9 (SIGKILL)" in restarts[2][1]
+    costs = re.findall(r"\[launch\] restart (\d) cost (\d+) s from the failure seen to the first generation step "
+                       r"after the resume: stop (\d+) s, server start (\d+) s, trainer start-up to that step (\d+) s", text)
+    assert [c[0] for c in costs] == ["1", "2", "3"], text[-5000:]
+    for number, total, stop, server, trainer in costs:
+        print(f"[slurm] restart {number}: {total} s (stop {stop} s, server start {server} s, trainer start-up to its "
+              f"first generation step {trainer} s)")
+        assert int(total) >= int(stop) + int(server) + int(trainer) - 2 and int(server) > 0
+    assert "[launch] 3 restart(s)" in text and text.count("[launch] vLLM server healthy") == 4
+    # every attempt appended to the step logs; all four of this launch resumed
+    train1 = open(f"{out}/logs/train1-node2.log").read()
+    assert [int(n) for n in re.findall(r"^\[launch\] attempt (\d+), ", train1, re.M)] == [1, 1, 2, 3, 4]
+    assert open(f"{out}/logs/train0-node1.log").read().count("[resume] from") == 4
     launch.assert_nothing_left()
+    assert json.load(open(os.path.join(out, "summary.json")))["global_step"] == 2 * KILLED_STEPS
 
-    # 3. the second relaunch, as a batch job this time (slurm/justrl.sbatch), starts a fresh server and finishes
-    batch_out = tmp_path / "batch.out"
-    batch = subprocess.run(["sbatch", "--wait", "-N3", "--gpus-per-node=0", f"--output={batch_out}",
-                            "slurm/justrl.sbatch", *args[:2], *PORTS, *args[2:]], cwd=ROOT, env=cluster,
-                           capture_output=True, text=True, timeout=900)
-    text = batch_out.read_text()
-    assert batch.returncode == 0, batch.stdout + batch.stderr + text[-5000:]
-    assert "[launch] 3 nodes (CPU): 2 training, 1 vLLM server" in text
-    assert open(f"{out}/logs/train0-node1.log").read().count("[resume] from") == 2  # both relaunches resumed
-    job = re.search(r"Submitted batch job (\d+)", batch.stdout).group(1)
-    assert not job_processes(job)
-    summary = json.load(open(os.path.join(out, "summary.json")))
-    assert summary["global_step"] == 2 * KILLED_STEPS
-
-    # the three runs together drew the uninterrupted run's prompts, step for step, on every rank
+    # the launches together drew the uninterrupted run's prompts, step for step, on every rank
     reference = data_order(uninterrupted["out"])
     resumed_orders = data_order(out)
     assert sorted(resumed_orders) == [0, 1]
