@@ -13,10 +13,11 @@ Why not TRL's evaluation (eval_strategy): it scores an eval split with the train
 one group per prompt; it writes no per-sample outputs and has no avg@k / pass@k.
 
 How it runs, in every process at the same step (TrainerCallback.on_train_begin / on_step_end):
-  - engine: the run's own. Colocated vLLM (each process its share of the prompts, after TRL's weight sync), the vLLM
-    server (the main process sends every prompt, after the weight sync; the server parallelises), or transformers'
-    generate on the live model (each process its share; under ZeRO-3 the parameters are gathered as TRL does). No
-    second copy of the model is loaded.
+  - engine: the run's own. Colocated vLLM (each process its share of the prompts, after TRL's weight sync; refused
+    with tensor parallelism > 1), the vLLM server (the main process sends every prompt after the weight sync, as many
+    sample rounds at once as the server batches, while the others meet it in a short collective every few seconds:
+    a validation of hours never holds a collective near ddp_timeout), or transformers' generate on the live model
+    (each process its share; under ZeRO-3 the parameters are gathered as TRL does). No second copy of the model.
   - samples: eval.py's requests (prompt template, system prompt, seed + round per sample round, transformers chunks),
     so they are eval.py's samples of the same weights with the same engine (seeded, at any temperature). Every validation runs inside torch.random.fork_rng (and saved python / numpy states): the training
     random streams are untouched. vLLM samples with per-request seeds, which do not draw from the engine's stream.

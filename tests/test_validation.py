@@ -100,6 +100,17 @@ def test_bad_validation_keys_fail_before_anything_loads(tmp_path, flag, value, m
     assert not out.exists() and not (tmp_path / "never_built").exists()
 
 
+def test_validation_on_colocated_tensor_parallel_vllm_is_refused_before_anything_loads(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="validation cannot run on colocated vLLM with vllm_tensor_parallel_size=2: "
+                                         "set vllm_tensor_parallel_size: 1, or vllm_mode: server, or turn validation "
+                                         "off"):
+        tg.main(["--config", os.path.join(ROOT, "recipes", "tiny.yaml"), "--output_dir", str(out),
+                 "--prepare_kwargs", json.dumps({"tiny_dir": str(tmp_path / "never_built")}), "--use_vllm", "true",
+                 "--vllm_mode", "colocate", "--vllm_tensor_parallel_size", "2"])
+    assert not out.exists() and not (tmp_path / "never_built").exists()
+
+
 def test_dry_run_shows_justrls_validation(capsys):
     tg.main(["--config", os.path.join(ROOT, "recipes", "justrl.yaml"), "--dry_run", "--world_size", "32"])
     config = json.loads(capsys.readouterr().out)
