@@ -1,6 +1,7 @@
 """Validation inside training (grpo/validation.py): schedule, grading, files and curves, equality with eval.py at
 temperature 0, resume, and that it changes nothing in training (1 and 2 processes). vLLM's colocate and server modes
-validate in tests/test_vllm.py's training runs; the colocated engine's temperature-0 equality with eval.py is here."""
+validate in tests/test_vllm.py's training runs, and change nothing in training in tests/test_collectives.py; the
+colocated engine's temperature-0 equality with eval.py is here."""
 
 import dataclasses
 import glob
