@@ -131,7 +131,7 @@ def test_a_rank_held_past_ddp_timeout_fails_the_run_naming_it(tiny_assets, tmp_p
 # ---------------------------------------------------------------- vLLM engines: validation changes nothing
 
 class SlowProxy(BaseHTTPRequestHandler):
-    """Forwards every request to the vLLM server; holds a seeded completion request (validation's, not training's)
+    """Forwards every request to the vLLM server; holds a validation request (40 new tokens; training asks for 32)
     `delay` seconds first: a validation that takes longer than the collective timeout."""
 
     target, delay = "", 0.0
@@ -140,7 +140,7 @@ class SlowProxy(BaseHTTPRequestHandler):
         import requests
 
         body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
-        if method == "POST" and self.path.startswith("/v1/completions") and b'"seed"' in body:
+        if method == "POST" and self.path.startswith("/v1/completions") and b'"max_tokens": 40' in body:
             time.sleep(self.delay)
         reply = requests.request(method, self.target + self.path, data=body or None, timeout=600,
                                  headers={"Content-Type": self.headers.get("Content-Type", "application/json")})
@@ -197,7 +197,9 @@ def test_server_validation_longer_than_ddp_timeout_does_not_end_the_run_nor_chan
     SlowProxy.target, SlowProxy.delay = f"http://127.0.0.1:{server['port']}", 45.0
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
-        engine = ("--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_host", "127.0.0.1")
+        # the server samples training requests from its own random stream unless they carry a seed
+        engine = ("--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_host", "127.0.0.1",
+                  "--generation_kwargs", '{"seed": 1}')
         _run(tiny_assets, tmp_path / "off", 2, *engine, "--vllm_server_port", str(server["port"]), *OFF)
         # validations after steps 1 and 2, each request held 45 s: 2 rounds one after another would keep rank 1 in
         # one collective for 90 s, three times ddp_timeout (30 s: start-up on 2 busy cores stays inside it)
