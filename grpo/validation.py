@@ -442,8 +442,8 @@ def server_samples(client, tok, requests: list[dict], sampling: dict, in_flight:
     for (_, rs), outs in zip(rounds, completions):
         for r, completion in zip(rs, outs):
             stopped = bool(completion) and completion[-1] == tok.eos_token_id
-            records.append({**{k: r[k] for k in RECORD_FIELDS}, "response": tok.decode(completion, skip_special_tokens=True),
-                            "n_tokens": len(completion),
+            records.append({**{k: r[k] for k in RECORD_FIELDS},
+                            "response": tok.decode(completion, skip_special_tokens=True), "n_tokens": len(completion),
                             "finish_reason": "stop" if stopped or len(completion) < sampling["max_new_tokens"]
                             else "length"})
     return records
