@@ -71,8 +71,9 @@ import socket
 import sys
 import time
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from transformers import AutoTokenizer, get_scheduler
@@ -196,6 +197,17 @@ class JustRLConfig(GRPOConfig):
             raise ValueError(f"steps_per_generation={self.steps_per_generation} is not a multiple of "
                              f"gradient_accumulation_steps={self.gradient_accumulation_steps}: an optimizer update "
                              "would span two generations. Make it a multiple, or state the batch with prompts_per_step.")
+
+    @cached_property
+    def _setup_devices(self):
+        # transformers hands ddp_timeout to the process group except under use_cpu (gloo), where every process would
+        # then wait 30 minutes on a lost peer: start that group here, with it (accelerate keeps a started group).
+        import torch.distributed as dist
+
+        if (self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available()
+                and not dist.is_initialized()):
+            dist.init_process_group(backend=self.ddp_backend or "gloo", timeout=self.ddp_timeout_delta)
+        return super()._setup_devices
 
 
 def _set_derived(args, key: str, value, default) -> None:
@@ -566,6 +578,21 @@ def bound_requests(client, timeout_s: float) -> None:
     client.session.request = request_with_timeout
 
 
+@contextmanager
+def collective_timeout_named(seconds: float):
+    """gloo's collective time-out names milliseconds only ("Timed out waiting 5000ms ..."): re-raised naming the
+    ddp_timeout key it comes from. (NCCL's watchdog aborts the process itself, printing "Timeout(ms)=...".)"""
+    try:
+        yield
+    except RuntimeError as error:
+        if "Timed out waiting" not in str(error):
+            raise
+        raise RuntimeError(f"rank {os.environ.get('RANK', '0')} ({socket.gethostname()}) waited longer than "
+                           f"ddp_timeout={seconds:g} s in a collective: another process is stuck or dead. Find it in "
+                           "the log; if it was busy on purpose, raise ddp_timeout. Relaunch to resume from the last "
+                           f"checkpoint. ({error})") from error
+
+
 def time_limited(reward_func, seconds: float):
     """reward_func, raising a RuntimeError that names it when one call takes longer than `seconds` (recipe key
     reward_timeout_s). A reward that hangs on one process would otherwise leave every other process waiting at the
@@ -653,7 +680,7 @@ def main(argv=None):
                     for f in load_reward_funcs(script_args.reward_funcs, reward_kwargs)]
     prepare = _import_function(script_args.prepare_assets, "prepare_assets") if script_args.prepare_assets else None
     from grpo import validation
-    validation.check_settings(script_args)
+    validation.check_settings(script_args, training_args)
     if script_args.dry_run:
         world = script_args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
         print(json.dumps(resolved_config(script_args, training_args, model_args, world), indent=2, default=str))
@@ -702,7 +729,8 @@ def main(argv=None):
         _write_json(summary_path, summary)
     if checkpoint:
         print(f"[resume] from {checkpoint}", flush=True)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    with collective_timeout_named(training_args.ddp_timeout):
+        result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(out)
     if heldout is not None:
         from trl.models import unwrap_model_for_generation

@@ -13,10 +13,11 @@ Why not TRL's evaluation (eval_strategy): it scores an eval split with the train
 one group per prompt; it writes no per-sample outputs and has no avg@k / pass@k.
 
 How it runs, in every process at the same step (TrainerCallback.on_train_begin / on_step_end):
-  - engine: the run's own. Colocated vLLM (each process its share of the prompts, after TRL's weight sync), the vLLM
-    server (the main process sends every prompt, after the weight sync; the server parallelises), or transformers'
-    generate on the live model (each process its share; under ZeRO-3 the parameters are gathered as TRL does). No
-    second copy of the model is loaded.
+  - engine: the run's own. Colocated vLLM (each process its share of the prompts, after TRL's weight sync; refused
+    with tensor parallelism > 1), the vLLM server (the main process sends every prompt after the weight sync, as many
+    sample rounds at once as the server batches, while the others meet it in a short collective every few seconds:
+    a validation of hours never holds a collective near ddp_timeout), or transformers' generate on the live model
+    (each process its share; under ZeRO-3 the parameters are gathered as TRL does). No second copy of the model.
   - samples: eval.py's requests (prompt template, system prompt, seed + round per sample round, transformers chunks),
     so they are eval.py's samples of the same weights with the same engine (seeded, at any temperature). Every validation runs inside torch.random.fork_rng (and saved python / numpy states): the training
     random streams are untouched. vLLM samples with per-request seeds, which do not draw from the engine's stream.
@@ -42,6 +43,7 @@ import logging
 import random
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 GRADERS = ("math_verify", "eval")
@@ -112,8 +114,16 @@ def curve_scalars(name: str, metrics: dict) -> dict[str, float]:
             f"validation/{name}/truncated_fraction": metrics["truncated"] / metrics["n_responses"]}
 
 
-def check_settings(script_args) -> None:
-    """Bad validation keys fail at start-up, naming the key."""
+def check_settings(script_args, training_args=None) -> None:
+    """Bad validation keys, and an engine validation cannot use, fail at start-up, naming the key."""
+    tp = getattr(training_args, "vllm_tensor_parallel_size", 1)
+    if (training_args is not None and training_args.use_vllm and training_args.vllm_mode == "colocate" and tp > 1
+            and enabled(script_args)):
+        # each process validates its own share of the prompts, while the engines of a tensor-parallel group must be
+        # given the same prompts (TRL's generation gathers them within the group): they would wait for each other
+        raise ValueError(f"validation cannot run on colocated vLLM with vllm_tensor_parallel_size={tp}: set "
+                         "vllm_tensor_parallel_size: 1, or vllm_mode: server, or turn validation off "
+                         "(validation_before_training: false, validation_every_generation_steps: 0).")
     if script_args.validation_grader not in GRADERS:
         raise ValueError(f"validation_grader: {script_args.validation_grader!r} is not one of {list(GRADERS)}")
     from eval import BENCHMARKS, parse_extra
@@ -343,34 +353,11 @@ class Validation:
                     gen.llm.sleep(level=2)
                     gen._llm_weights_sleeping = True
             return [{**{k: r[k] for k in keys}, **out} for r, out in pairs]
-        from accelerate.utils import broadcast_object_list
-        payload = [self._server_generate(requests, sampling) if acc.is_main_process else None]
-        broadcast_object_list(payload, from_process=0)
-        return payload[0]
-
-    def _server_generate(self, requests: list[dict], sampling: dict) -> list[dict]:
-        """Main process: one request to the server per sample round (all of a round's prompts share its seed, as
-        eval.py's vLLM backend seeds them)."""
-        client, tok = self.trainer.vllm_generation.vllm_client, self.tokenizer
-        keys = RECORD_FIELDS
-        by_seed: dict[int, list[dict]] = {}
-        for r in requests:
-            by_seed.setdefault(r["seed"], []).append(r)
-        records = []
-        for seed, rs in by_seed.items():
-            ids = [tok(tok.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True),
-                       add_special_tokens=False)["input_ids"] for r in rs]
-            out = client.generate(prompts=ids, n=1, temperature=sampling["temperature"], top_p=sampling["top_p"],
-                                  max_tokens=sampling["max_new_tokens"], logprobs=None,
-                                  generation_kwargs={"seed": seed})
-            for r, completion in zip(rs, out["completion_ids"]):
-                stopped = bool(completion) and completion[-1] == tok.eos_token_id
-                records.append({**{k: r[k] for k in keys},
-                                "response": tok.decode(completion, skip_special_tokens=True),
-                                "n_tokens": len(completion),
-                                "finish_reason": "stop" if stopped or len(completion) < sampling["max_new_tokens"]
-                                else "length"})
-        return records
+        # The main process asks the server; the others wait in short collectives, not in one as long as the validation
+        # (hours at JustRL's size, past any collective timeout).
+        client = trainer.vllm_generation.vllm_client if acc.is_main_process else None
+        work = (lambda: server_samples(client, self.tokenizer, requests, sampling)) if acc.is_main_process else None
+        return while_main_works(work, heartbeat_s(trainer.args.ddp_timeout))
 
     def _write(self, step: int, records: list[dict], seconds: float) -> dict:
         """Main process: eval.py's files for this step, metrics.jsonl, the curve PNG, TensorBoard, one log line."""
@@ -426,6 +413,84 @@ class Validation:
                                   xlabel="generation step")
         except Exception as error:  # a plot must never stop a training run
             print(f"[validation] could not draw {self.dir / 'accuracy_vs_step.png'}: {error}", file=sys.stderr)
+
+
+def server_samples(client, tok, requests: list[dict], sampling: dict, in_flight: int | None = None) -> list[dict]:
+    """Sample records from the vLLM server behind `client` (TRL's VLLMClient): one request per sample round, all of a
+    round's prompts with its seed (as eval.py's vLLM backend seeds them), `in_flight` rounds at a time (None: as many
+    as the server's max_num_seqs holds, so a request takes one round's time and the server batches the rest).
+    Records in request order: the same as sending the rounds one after another (vLLM's per-request seeds)."""
+    by_seed: dict[int, list[dict]] = {}
+    for r in requests:
+        by_seed.setdefault(r["seed"], []).append(r)
+    rounds = list(by_seed.items())
+    # tokenized here, decoded below: the threads only wait on the server (a tokenizer is not shared across threads)
+    ids = [[tok(tok.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True),
+                add_special_tokens=False)["input_ids"] for r in rs] for _, rs in rounds]
+
+    def send(i):
+        return client.generate(prompts=ids[i], n=1, temperature=sampling["temperature"], top_p=sampling["top_p"],
+                               max_tokens=sampling["max_new_tokens"], logprobs=None,
+                               generation_kwargs={"seed": rounds[i][0]})["completion_ids"]
+
+    if in_flight is None:
+        max_num_seqs = client.get_server_info().get("scheduler_config", {}).get("max_num_seqs")
+        in_flight = rounds_in_flight(max_num_seqs, max((len(rs) for _, rs in rounds), default=1), len(rounds))
+    with ThreadPoolExecutor(max_workers=max(1, min(in_flight, len(rounds)))) as pool:
+        completions = list(pool.map(send, range(len(rounds))))
+    records = []
+    for (_, rs), outs in zip(rounds, completions):
+        for r, completion in zip(rs, outs):
+            stopped = bool(completion) and completion[-1] == tok.eos_token_id
+            records.append({**{k: r[k] for k in RECORD_FIELDS},
+                            "response": tok.decode(completion, skip_special_tokens=True), "n_tokens": len(completion),
+                            "finish_reason": "stop" if stopped or len(completion) < sampling["max_new_tokens"]
+                            else "length"})
+    return records
+
+
+def rounds_in_flight(max_num_seqs: int | None, round_size: int, rounds: int) -> int:
+    """Sample rounds sent to the server at once: as many as its max_num_seqs sequences hold (at least one), so none
+    queues behind another and each request's time stays one round's (vllm_request_timeout_s bounds it); all of them
+    when the server does not say."""
+    if not max_num_seqs:
+        return rounds
+    return max(1, min(rounds, max_num_seqs // max(round_size, 1)))
+
+
+def heartbeat_s(ddp_timeout: float) -> float:
+    """Seconds between the collectives in which processes wait for the main process's long work: 10, or a fifth of
+    the collective timeout when that is shorter, so a wait never comes near it."""
+    return min(10.0, ddp_timeout / 5)
+
+
+def while_main_works(work, beat_s: float):
+    """work() on the main process (None elsewhere), its result on every process. It runs in a thread while every
+    process meets in a broadcast every `beat_s` seconds until it is done: no collective waits longer than a beat,
+    however long the work takes (the collective timeout, ddp_timeout, still catches a dead or stuck process). An
+    exception in the work is raised on every process."""
+    from accelerate.utils import broadcast_object_list
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return work()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(work) if work is not None else None
+        done = [False]
+        while not done[0]:
+            if future is not None:
+                wait([future], timeout=beat_s)
+                done = [future.done()]
+            broadcast_object_list(done, from_process=0)
+    error = future.exception() if future is not None else None
+    payload = [(None, future.result()) if future is not None and error is None else
+               (f"{type(error).__name__}: {error}" if future is not None else None, None)]
+    broadcast_object_list(payload, from_process=0)
+    if error is not None:
+        raise error
+    if payload[0][0] is not None:
+        raise RuntimeError(f"validation: the main process failed while sampling from the vLLM server: {payload[0][0]}")
+    return payload[0][1]
 
 
 def _gather_to_main(records: list[dict]) -> list[dict] | None:

@@ -1,6 +1,7 @@
 """Validation inside training (grpo/validation.py): schedule, grading, files and curves, equality with eval.py at
 temperature 0, resume, and that it changes nothing in training (1 and 2 processes). vLLM's colocate and server modes
-validate in tests/test_vllm.py's training runs; the colocated engine's temperature-0 equality with eval.py is here."""
+validate in tests/test_vllm.py's training runs, and change nothing in training in tests/test_collectives.py; the
+colocated engine's temperature-0 equality with eval.py is here."""
 
 import dataclasses
 import glob
@@ -97,6 +98,17 @@ def test_bad_validation_keys_fail_before_anything_loads(tmp_path, flag, value, m
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
         tg.main(["--config", os.path.join(ROOT, "recipes", "tiny.yaml"), "--output_dir", str(out),
                  "--prepare_kwargs", json.dumps({"tiny_dir": str(tmp_path / "never_built")}), flag, value])
+    assert not out.exists() and not (tmp_path / "never_built").exists()
+
+
+def test_validation_on_colocated_tensor_parallel_vllm_is_refused_before_anything_loads(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="validation cannot run on colocated vLLM with vllm_tensor_parallel_size=2: "
+                                         "set vllm_tensor_parallel_size: 1, or vllm_mode: server, or turn validation "
+                                         "off"):
+        tg.main(["--config", os.path.join(ROOT, "recipes", "tiny.yaml"), "--output_dir", str(out),
+                 "--prepare_kwargs", json.dumps({"tiny_dir": str(tmp_path / "never_built")}), "--use_vllm", "true",
+                 "--vllm_mode", "colocate", "--vllm_tensor_parallel_size", "2"])
     assert not out.exists() and not (tmp_path / "never_built").exists()
 
 
