@@ -1,0 +1,99 @@
+"""Time limits (issue 20): the launcher's timing from a job's TimeLimit, and training's save-and-stop at a
+generation-step boundary when asked. The run through two real requeues is in tests/test_slurm.py.
+
+    python -m pytest -q tests/test_requeue.py
+"""
+
+import json
+import os
+
+import pytest
+
+from grpo.requeue import clear_stop_request, request_stop, stop_callback, stop_path
+from launch_slurm import TimeLimit, slurm_seconds, stop_margin_s
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("3", 180), ("1:30", 90), ("00:03:00", 180), ("48:00:00", 172800), ("2-00:00:00", 172800),
+    ("1-12", 129600), ("1-12:30", 131400), ("0:45", 45),
+])
+def test_slurm_durations_in_seconds(text, seconds):
+    assert slurm_seconds(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["UNLIMITED", "INFINITE", "NOT_SET"])
+def test_no_time_limit(text):
+    assert slurm_seconds(text) is None
+
+
+def test_stop_margin_is_a_quarter_of_the_limit_between_30_s_and_15_min():
+    assert stop_margin_s(180) == 45
+    assert stop_margin_s(60) == 30
+    assert stop_margin_s(48 * 3600) == 900
+
+
+def test_a_3_minute_batch_job_asks_for_the_stop_45_s_before_its_end_and_requeues(tmp_path):
+    fields = {"TimeLimit": "00:03:00", "RunTime": "00:00:20", "BatchFlag": "1", "Requeue": "1", "Restarts": "2"}
+    limit = TimeLimit(str(tmp_path), "7", fields, now=1000.0)
+    assert limit.job_start == 980.0
+    assert limit.stop_at == 980 + 180 - 45
+    assert limit.exit_by == 980 + 180 - 15  # trainers still running then are stopped; a third of the margin is left
+    assert limit.requeue and limit.restarts == 2
+
+
+def test_48_hour_job_stops_15_min_before_and_leaves_60_s_to_requeue(tmp_path):
+    limit = TimeLimit(str(tmp_path), "7", {"TimeLimit": "2-00:00:00", "RunTime": "00:00:00", "BatchFlag": "1",
+                                           "Requeue": "1"}, now=0.0)
+    assert (limit.stop_at, limit.exit_by) == (172800 - 900, 172800 - 60)
+
+
+def test_salloc_or_no_requeue_or_no_limit(tmp_path):
+    salloc = TimeLimit(str(tmp_path), "7", {"TimeLimit": "00:10:00", "RunTime": "0:0", "BatchFlag": "0",
+                                            "Requeue": "1"}, now=0.0)
+    assert not salloc.requeue and salloc.stop_at == 600 - 150
+    assert TimeLimit(str(tmp_path), "7", {"TimeLimit": "UNLIMITED", "BatchFlag": "1"}, now=0.0).stop_at is None
+    assert TimeLimit(str(tmp_path), None, {}).stop_at is None  # outside Slurm
+
+
+def test_the_requeued_job_reads_what_the_stop_wrote(tmp_path):
+    out = str(tmp_path)
+    with open(os.path.join(out, "requeue.jsonl"), "w") as f:
+        f.write(json.dumps({"job": "7", "restart": 0, "stop_requested": 100.0, "trainers_exited": 109.0,
+                            "checkpoint": f"{out}/checkpoint-6", "requeued": 110.0}) + "\n")
+    limit = TimeLimit(out, "7", {"TimeLimit": "00:03:00", "RunTime": "00:00:40", "BatchFlag": "1", "Requeue": "1",
+                                 "Restarts": "1"}, now=165.0)
+    limit.trainers_starting()
+    assert limit.resume["save_s"] == 9.0 and limit.resume["pending_s"] == 15.0
+    assert limit.resume["checkpoint"] == f"{out}/checkpoint-6"
+
+
+class _Accelerator:
+    device = "cpu"
+
+    @staticmethod
+    def reduce(tensor, reduction):
+        return tensor
+
+
+def _step_end(callback, step: int, max_steps: int = 8):
+    from transformers import TrainerControl, TrainerState
+
+    state, control = TrainerState(), TrainerControl()
+    state.global_step, state.max_steps = step, max_steps
+    callback.on_step_end(None, state, control)
+    return control.should_save, control.should_training_stop
+
+
+def test_training_saves_and_stops_at_the_first_generation_boundary_after_the_request(tmp_path):
+    out = str(tmp_path)
+    callback = stop_callback(_Accelerator(), out, updates_per_step=2)
+    assert _step_end(callback, 2) == (False, False)  # no request
+    request_stop(out, "test")
+    assert json.load(open(stop_path(out)))["why"] == "test"
+    assert _step_end(callback, 3) == (False, False)  # inside a generation step: not yet
+    assert callback.stopped_at is None
+    assert _step_end(callback, 4) == (True, True)
+    assert callback.stopped_at == 4
+    assert _step_end(stop_callback(_Accelerator(), out, 2), 8) == (False, False)  # the last step ends the run anyway
+    clear_stop_request(out)
+    assert not os.path.exists(stop_path(out))
