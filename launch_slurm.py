@@ -344,13 +344,14 @@ def run(plan: list[dict], output_dir: str, server_url: str | None, server_timeou
             except RuntimeError as error:
                 fail(str(error))
             print(f"[launch] vLLM server healthy at {server_url} after {seconds:.0f} s", flush=True)
-        limit.trainers_starting()  # time limit
+        if (too_short := limit.trainers_starting()):  # time limit
+            fail(too_short)
         for node in plan:
             if node["role"] == "train":
                 steps.start(node)
         failures, next_check = 0, time.time() + health_every_s
         while any(n["role"] == "train" for _, n in steps.running.values()):
-            limit.check(steps)  # time limit: past the margin (or SIGUSR1) this saves, stops, requeues and exits 0
+            limit.check(steps)  # time limit: past the margin (or on SIGUSR1) training saves and stops; requeue, exit 0
             if server and time.time() >= next_check:
                 failures = 0 if healthy(server_url) else failures + 1
                 next_check = time.time() + health_every_s
@@ -411,6 +412,12 @@ def job_fields(job_id: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in out.split() if "=" in item)
 
 
+def run_finished(checkpoint: str) -> bool:
+    """Whether the checkpoint is the run's last step (its trainer_state.json: global_step reached max_steps)."""
+    state = json.load(open(os.path.join(checkpoint, "trainer_state.json")))
+    return state["global_step"] >= state["max_steps"]
+
+
 class TimeLimit:
     """Outlive the job's time limit: `margin` seconds before it (stop_margin_s, or --stop_margin_s), or on SIGUSR1
     (`scancel --batch --signal=USR1 JOB`), ask training to save and stop at its next generation-step boundary
@@ -423,16 +430,21 @@ class TimeLimit:
     def __init__(self, output_dir: str, job_id: str | None, fields: dict, margin_s: float | None = None,
                  now: float | None = None):
         now = time.time() if now is None else now
-        self.output_dir, self.job_id, self.signalled = output_dir, job_id, False
-        limit, ran = slurm_seconds(fields.get("TimeLimit", "")), slurm_seconds(fields.get("RunTime", "0:0")) or 0
-        self.job_start = now - ran
-        self.margin_s = (margin_s if margin_s is not None else stop_margin_s(limit)) if limit else None
-        self.stop_at = self.job_start + limit - self.margin_s if limit else None
-        self.exit_by = self.job_start + limit - min(60.0, self.margin_s / 3) if limit else None
+        self.output_dir, self.job_id, self.signalled, self.fixed_margin_s = output_dir, job_id, False, margin_s
+        self.job_start = now - (slurm_seconds(fields.get("RunTime", "0:0")) or 0)
+        self.set_limit(fields.get("TimeLimit", ""))
         self.requeue = fields.get("BatchFlag") == "1" and fields.get("Requeue") == "1"
         self.restarts = int(fields.get("Restarts", os.environ.get("SLURM_RESTART_COUNT", "0")))
         self.log = os.path.join(output_dir, "requeue.jsonl")
         self.resume = None  # a requeued job: {what the requeue cost so far, "watch": file whose growth is resumed work}
+        self.next_read = now + 30
+
+    def set_limit(self, text: str) -> None:
+        """The job's TimeLimit (scontrol's text) sets when to ask for the stop and how long to wait for it."""
+        self.limit_text, limit = text, slurm_seconds(text)
+        self.margin_s = (self.fixed_margin_s if self.fixed_margin_s is not None else stop_margin_s(limit)) if limit else None
+        self.stop_at = self.job_start + limit - self.margin_s if limit else None
+        self.exit_by = self.job_start + limit - min(60.0, self.margin_s / 3) if limit else None
 
     @classmethod
     def of_job(cls, output_dir: str, margin_s: float | None = None) -> "TimeLimit":
@@ -450,16 +462,23 @@ class TimeLimit:
     def on_signal(self, signum, frame) -> None:
         self.signalled = True
 
-    def trainers_starting(self) -> None:
-        """Called when the server is healthy: a requeued job notes its start-up and watches for its first new step."""
+    def trainers_starting(self, now: float | None = None) -> str | None:
+        """Called when the server is healthy: a requeued job notes its start-up and watches for its first new step.
+        Returns why the job cannot train when its stop is already due (the limit is shorter than the start-up)."""
+        now = time.time() if now is None else now
+        if self.stop_at is not None and now >= self.stop_at:
+            return (f"the job's time limit ({self.limit_text}) leaves no time to train: the stop, {self.margin_s:.0f} s "
+                    f"before it, is due {now - self.job_start:.0f} s into the job, before the trainers start. "
+                    "Submit with a longer --time (or a smaller --stop_margin_s).")
         stops = [r for r in self._records() if "requeued" in r and r["restart"] == self.restarts - 1]
         if self.restarts and stops:
             stop, watch = stops[-1], os.path.join(self.output_dir, "data_order", "rank0.jsonl")
             self.resume = {"job": self.job_id, "restart": self.restarts, "checkpoint": stop["checkpoint"],
                            "save_s": stop["trainers_exited"] - stop["stop_requested"],
-                           "pending_s": self.job_start - stop["requeued"], "startup_s": time.time() - self.job_start,
+                           "pending_s": self.job_start - stop["requeued"], "startup_s": now - self.job_start,
                            "watch": watch, "size": os.path.getsize(watch) if os.path.exists(watch) else 0,
-                           "trainers_started": time.time()}
+                           "trainers_started": now}
+        return None
 
     def check(self, steps: "Steps") -> None:
         """Once per second in run(): report a resume's cost once its first step is done; stop when it is time."""
@@ -474,6 +493,12 @@ class TimeLimit:
                   flush=True)
             self._append({k: round(v, 1) if isinstance(v, float) else v for k, v in r.items() if k not in ("watch", "size")})
             self.resume = None
+        if self.job_id and shutil.which("scontrol") and time.time() >= self.next_read:  # an administrator may change a running job's limit
+            self.next_read = time.time() + 30
+            text = job_fields(self.job_id).get("TimeLimit")
+            if text and text != self.limit_text:
+                print(f"[launch] the job's time limit changed from {self.limit_text} to {text}", flush=True)
+                self.set_limit(text)
         if self.signalled or (self.stop_at is not None and time.time() >= self.stop_at):
             self.stop_and_requeue(steps)
 
@@ -493,6 +518,9 @@ class TimeLimit:
         steps.stop_all(grace_s=15)
         checkpoint = last_checkpoint(self.output_dir)
         record["checkpoint"] = checkpoint
+        if checkpoint and all(c == 0 for c in codes.values()) and run_finished(checkpoint):
+            print("[launch] training reached its last step during the stop: not requeued", flush=True)
+            return
         if any(c != 0 for c in codes.values()):
             print(f"[launch] trainers did not all stop cleanly ({codes}; None: still running at the deadline, "
                   "stopped): the relaunch resumes from the newest complete checkpoint", flush=True)

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from grpo.requeue import clear_stop_request, request_stop, stop_callback, stop_path
-from launch_slurm import TimeLimit, slurm_seconds, stop_margin_s
+from launch_slurm import TimeLimit, run_finished, slurm_seconds, stop_margin_s
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -47,6 +47,13 @@ def test_48_hour_job_stops_15_min_before_and_leaves_60_s_to_requeue(tmp_path):
     assert (limit.stop_at, limit.exit_by) == (172800 - 900, 172800 - 60)
 
 
+def test_a_limit_shorter_than_the_start_up_is_refused_naming_time(tmp_path):
+    limit = TimeLimit(str(tmp_path), "7", {"TimeLimit": "00:02:00", "RunTime": "00:01:35", "BatchFlag": "1",
+                                           "Requeue": "1"}, now=95.0)
+    assert "time limit (00:02:00) leaves no time to train" in limit.trainers_starting(now=95.0)
+    assert "Submit with a longer --time" in limit.trainers_starting(now=95.0)
+
+
 def test_salloc_or_no_requeue_or_no_limit(tmp_path):
     salloc = TimeLimit(str(tmp_path), "7", {"TimeLimit": "00:10:00", "RunTime": "0:0", "BatchFlag": "0",
                                             "Requeue": "1"}, now=0.0)
@@ -62,9 +69,17 @@ def test_the_requeued_job_reads_what_the_stop_wrote(tmp_path):
                             "checkpoint": f"{out}/checkpoint-6", "requeued": 110.0}) + "\n")
     limit = TimeLimit(out, "7", {"TimeLimit": "00:03:00", "RunTime": "00:00:40", "BatchFlag": "1", "Requeue": "1",
                                  "Restarts": "1"}, now=165.0)
-    limit.trainers_starting()
-    assert limit.resume["save_s"] == 9.0 and limit.resume["pending_s"] == 15.0
+    assert limit.trainers_starting(now=170.0) is None
+    assert limit.resume["save_s"] == 9.0 and limit.resume["pending_s"] == 15.0 and limit.resume["startup_s"] == 45.0
     assert limit.resume["checkpoint"] == f"{out}/checkpoint-6"
+
+
+def test_a_run_that_reached_its_last_step_during_the_stop_is_not_requeued(tmp_path):
+    for step, finished in ((8, True), (6, False)):
+        checkpoint = tmp_path / f"checkpoint-{step}"
+        checkpoint.mkdir()
+        (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": 8}))
+        assert run_finished(str(checkpoint)) is finished
 
 
 class _Accelerator:
