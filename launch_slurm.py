@@ -437,7 +437,7 @@ class TimeLimit:
         self.restarts = int(fields.get("Restarts", os.environ.get("SLURM_RESTART_COUNT", "0")))
         self.log = os.path.join(output_dir, "requeue.jsonl")
         self.resume = None  # a requeued job: {what the requeue cost so far, "watch": file whose growth is resumed work}
-        self.next_read = now + 30
+        self.next_read, self.start_checkpoint = now + 30, last_checkpoint(output_dir)
 
     def set_limit(self, text: str) -> None:
         """The job's TimeLimit (scontrol's text) sets when to ask for the stop and how long to wait for it."""
@@ -524,6 +524,10 @@ class TimeLimit:
         if any(c != 0 for c in codes.values()):
             print(f"[launch] trainers did not all stop cleanly ({codes}; None: still running at the deadline, "
                   "stopped): the relaunch resumes from the newest complete checkpoint", flush=True)
+        if checkpoint == self.start_checkpoint:  # requeued, it would repeat this job and fail the same way
+            self._append(record)
+            sys.exit(f"[launch] FAILED: no checkpoint was written in this job before its time limit (still "
+                     f"{checkpoint or 'none'}); not requeued. Submit with a longer --time.")
         if not self.requeue:
             self._append(record)
             print(f"[launch] stopped before the time limit; last checkpoint {checkpoint}. Relaunch the same command "
