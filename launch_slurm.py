@@ -32,6 +32,11 @@ slurm/supervise.py, so no process a step started (vLLM's engine, torchrun's work
 command starts a fresh server and resumes every process from that checkpoint, with the same data order. A server
 that exits before it is healthy is reported at once; one that never gets healthy after --server_timeout_s.
 
+Time limits (TimeLimit below): before the job's limit training saves at a generation step and stops, and a batch job
+submitted with --requeue (slurm/justrl.sbatch) requeues itself and resumes there:
+    sbatch --time=48:00:00 slurm/justrl.sbatch        # stops 15 min before each limit, requeues, until the run is done
+    scancel --batch --signal=USR1 <jobid>            # the same, now
+
 vLLM and tensor parallelism: `trl vllm-serve` refuses data parallelism for dense models, so the server uses
 --vllm_tensor_parallel_size GPUs of its node (it must divide the model's attention heads: 12 for the 1.5B models).
 When one server cannot keep up with the trainers, run the recipe with `--vllm_mode colocate` (every training GPU

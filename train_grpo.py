@@ -37,6 +37,8 @@ How this departs from TRL's stock GRPOTrainer, and why:
      request to a vLLM server has `vllm_request_timeout_s` (TRL's client has none); a relaunch resumes from the newest
      *complete* checkpoint (transformers takes the highest number, even one a kill cut short); a multi-process CPU
      run reloads its optimizer state on "cpu" (transformers maps it to "cpu:0", which torch.load cannot restore).
+     Asked to stop (<output_dir>/stop_requested, written by launch_slurm.py before a job's time limit), every process
+     saves at the next generation step and exits 0 (grpo/requeue.py); the requeued job resumes there.
   8. Validation inside training, as JustRL's veRL run (val_before_train, test_freq): `validation_*` keys name
      benchmarks, schedule, sampling and grader (veRL's math-verify rule by default); the run's own engine samples
      them (colocated vLLM, the vLLM server or transformers, after the weight sync), and grpo/validation.py writes
