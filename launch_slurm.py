@@ -487,8 +487,8 @@ class TimeLimit:
 
     def check(self, steps: "Steps") -> None:
         """Once per second in run(): report a resume's cost once its first step is done; stop when it is time."""
-        if self.resume and os.path.exists(self.resume["watch"]) and os.path.getsize(self.resume["watch"]) > self.resume["size"]:
-            r = self.resume
+        r = self.resume
+        if r and os.path.exists(r["watch"]) and os.path.getsize(r["watch"]) > r["size"]:
             r["resume_s"] = time.time() - r.pop("trainers_started")
             total = r["save_s"] + r["pending_s"] + r["startup_s"] + r["resume_s"]
             print(f"[requeue] restart {r['restart']} of job {r['job']}: {total:.0f} s from the stop request to the "
@@ -496,9 +496,11 @@ class TimeLimit:
                   f"pending {r['pending_s']:.0f} s, start-up {r['startup_s']:.0f} s (job start to healthy server), "
                   f"resume {r['resume_s']:.0f} s (trainers' start-up from {r['checkpoint']} to their first step)",
                   flush=True)
-            self._append({k: round(v, 1) if isinstance(v, float) else v for k, v in r.items() if k not in ("watch", "size")})
+            self._append({k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()
+                          if k not in ("watch", "size")})
             self.resume = None
-        if self.job_id and shutil.which("scontrol") and time.time() >= self.next_read:  # an administrator may change a running job's limit
+        # an administrator may change a running job's limit
+        if self.job_id and shutil.which("scontrol") and time.time() >= self.next_read:
             self.next_read = time.time() + 30
             text = job_fields(self.job_id).get("TimeLimit")
             if text and text != self.limit_text:
