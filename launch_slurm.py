@@ -487,6 +487,19 @@ class TimeLimit:
 
     def check(self, steps: "Steps") -> None:
         """Once per second in run(): report a resume's cost once its first step is done; stop when it is time."""
+        self.report_resume()
+        # an administrator may change a running job's limit
+        if self.job_id and shutil.which("scontrol") and time.time() >= self.next_read:
+            self.next_read = time.time() + 30
+            text = job_fields(self.job_id).get("TimeLimit")
+            if text and text != self.limit_text:
+                print(f"[launch] the job's time limit changed from {self.limit_text} to {text}", flush=True)
+                self.set_limit(text)
+        if self.signalled or (self.stop_at is not None and time.time() >= self.stop_at):
+            self.stop_and_requeue(steps)
+
+    def report_resume(self) -> None:
+        """A requeued job: once its first new generation step is logged, print and record what the requeue cost."""
         r = self.resume
         if r and os.path.exists(r["watch"]) and os.path.getsize(r["watch"]) > r["size"]:
             r["resume_s"] = time.time() - r.pop("trainers_started")
@@ -499,15 +512,6 @@ class TimeLimit:
             self._append({k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()
                           if k not in ("watch", "size")})
             self.resume = None
-        # an administrator may change a running job's limit
-        if self.job_id and shutil.which("scontrol") and time.time() >= self.next_read:
-            self.next_read = time.time() + 30
-            text = job_fields(self.job_id).get("TimeLimit")
-            if text and text != self.limit_text:
-                print(f"[launch] the job's time limit changed from {self.limit_text} to {text}", flush=True)
-                self.set_limit(text)
-        if self.signalled or (self.stop_at is not None and time.time() >= self.stop_at):
-            self.stop_and_requeue(steps)
 
     def stop_and_requeue(self, steps: "Steps") -> None:
         from grpo.requeue import request_stop
@@ -519,6 +523,7 @@ class TimeLimit:
               f"(waiting until {exit_by - time.time():.0f} s from now)", flush=True)
         trainers = {name: proc for name, (proc, node) in steps.running.items() if node["role"] == "train"}
         while any(p.poll() is None for p in trainers.values()) and time.time() < exit_by:
+            self.report_resume()  # a requeued job whose first new step ends during the stop
             time.sleep(0.5)
         codes = {name: p.poll() for name, p in trainers.items()}
         record["trainers_exited"] = time.time()

@@ -74,6 +74,26 @@ def test_the_requeued_job_reads_what_the_stop_wrote(tmp_path):
     assert limit.resume["checkpoint"] == f"{out}/checkpoint-6"
 
 
+def test_the_requeued_job_prints_the_cost_once_its_first_new_step_is_logged(tmp_path, capsys):
+    out = str(tmp_path)
+    os.makedirs(os.path.join(out, "data_order"))
+    with open(os.path.join(out, "requeue.jsonl"), "w") as f:
+        f.write(json.dumps({"job": "7", "restart": 1, "stop_requested": 100.0, "trainers_exited": 112.0,
+                            "checkpoint": f"{out}/checkpoint-6", "requeued": 113.0}) + "\n")
+    limit = TimeLimit(out, "7", {"TimeLimit": "00:03:00", "RunTime": "00:00:50", "BatchFlag": "1", "Requeue": "1",
+                                 "Restarts": "2"}, now=175.0)
+    limit.trainers_starting(now=175.0)
+    limit.report_resume()
+    assert capsys.readouterr().out == ""  # no new step yet
+    with open(os.path.join(out, "data_order", "rank0.jsonl"), "w") as f:
+        f.write('{"global_step": 6, "row_ids": [1]}\n')
+    limit.report_resume()
+    assert capsys.readouterr().out.startswith("[requeue] restart 2 of job 7: ")
+    records = [json.loads(line) for line in open(os.path.join(out, "requeue.jsonl"))]
+    assert {k: records[-1][k] for k in ("restart", "save_s", "pending_s", "startup_s")} == {
+        "restart": 2, "save_s": 12.0, "pending_s": 12.0, "startup_s": 50.0}
+
+
 def test_a_run_that_reached_its_last_step_during_the_stop_is_not_requeued(tmp_path):
     for step, finished in ((8, True), (6, False)):
         checkpoint = tmp_path / f"checkpoint-{step}"
