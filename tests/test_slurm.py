@@ -5,7 +5,9 @@
 JustRL's topology (2 training nodes with Accelerate's multi-machine rendezvous + 1 node serving `trl vllm-serve`)
 learns; a training process killed mid-run, then the server killed mid-run, each stop the whole job within 60 s with
 a message naming what died, and the relaunches resume with the uninterrupted run's data order; a server that never
-gets healthy stops the launcher after --server_timeout_s; ZeRO-3 across the two training nodes and --no_vllm_node run.
+gets healthy stops the launcher after --server_timeout_s; ZeRO-3 across the two training nodes and --no_vllm_node run;
+`sbatch --time=2 slurm/justrl.sbatch` saves and requeues itself before its limit twice and finishes with the
+uninterrupted run's data order (its start-up must fit in the 90 s before the stop: an idle machine's ~60 s).
 After every launch no process of the job is left. Skipped where Slurm cannot be installed, except under CI, where
 that fails (tests/conftest.py).
 """
