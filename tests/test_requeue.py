@@ -132,3 +132,25 @@ def test_training_saves_and_stops_at_the_first_generation_boundary_after_the_req
     assert _step_end(stop_callback(_Accelerator(), out, 2), 8) == (False, False)  # the last step ends the run anyway
     clear_stop_request(out)
     assert not os.path.exists(stop_path(out))
+
+
+def test_supervise_leaves_sigusr1_to_the_launcher():
+    """slurm/supervise.py does not pass SIGUSR1 on (`scancel --signal=USR1 JOB` without --batch reaches every step;
+    torchrun's agent would die of it): the command keeps running; SIGTERM still stops it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    sup = subprocess.Popen([sys.executable, os.path.join(ROOT, "slurm", "supervise.py"), "sleep", "30"])
+    deadline = time.time() + 60
+    while not int(open(f"/proc/{sup.pid}/status").read().split("SigIgn:\t")[1].split()[0], 16) & (1 << 9):
+        assert time.time() < deadline  # SIGUSR1 (10) not yet ignored: the handlers are not installed yet
+        time.sleep(0.1)
+    sup.send_signal(signal.SIGUSR1)
+    time.sleep(1.0)
+    assert sup.poll() is None
+    sup.send_signal(signal.SIGTERM)
+    assert sup.wait(timeout=30) == 143
