@@ -154,3 +154,27 @@ def test_supervise_leaves_sigusr1_to_the_launcher():
     assert sup.poll() is None
     sup.send_signal(signal.SIGTERM)
     assert sup.wait(timeout=30) == 143
+
+
+@pytest.mark.slow
+def test_a_requested_stop_saves_at_the_generation_boundary_and_the_relaunch_finishes(tiny_assets, tmp_path, capsys):
+    """train_grpo.py with <output_dir>/stop_requested present: stops after generation step 1 (2 updates) with
+    checkpoint-2 and no summary; the relaunch resumes there and draws each of the 3 steps' prompts once."""
+    import train_grpo as tg
+    from test_train_grpo import tiny_argv
+
+    out = tmp_path / "run"
+    argv = tiny_argv(tiny_assets, out, "--total_generation_steps", "3", "--prompts_per_step", "4",
+                     "--per_device_train_batch_size", "16", "--heldout_file", "", "--validation_before_training",
+                     "false", "--validation_every_generation_steps", "0", "--save_generation_steps", "10")
+    request_stop(str(out), "test")
+    assert "global_step" not in tg.main(argv)
+    assert "[stop] stopped on request" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    clear_stop_request(str(out))  # as the launcher does at start
+    assert tg.main(argv)["global_step"] == 6
+    with open(out / "data_order" / "rank0.jsonl") as f:
+        order = [json.loads(line) for line in f]
+    assert [e["global_step"] for e in order] == [0, 2, 4]
+    rows = [r for e in order for r in e["row_ids"]]
+    assert len(rows) == len(set(rows)) == 12
