@@ -50,6 +50,11 @@ must divide the node's GPUs and the model's attention heads, and divide or be a 
 (checked from config.json when it can be read: 12 and 2 for the 1.5B models, so 1, 2 or 4). JustRL's own topology
 was colocated (veRL's hybrid engine: every GPU trains and generates): --no_vllm_node (all nodes train, each
 process with its own vLLM engine, --vllm_mode colocate).
+
+Time limits (TimeLimit below): before the job's limit training saves at a generation step and stops, and a batch job
+submitted with --requeue (slurm/justrl.sbatch) requeues itself and resumes there:
+    sbatch --time=48:00:00 slurm/justrl.sbatch        # stops 15 min before each limit, requeues, until the run is done
+    scancel --batch --signal=USR1 <jobid>            # the same, now
 """
 
 import argparse
@@ -470,9 +475,9 @@ class Fault(Exception):
     """A job step died, or the server stopped answering: what died (`cause`, one line), the node blamed, and the
     last lines of that step's log from this attempt (`details`)."""
 
-    def __init__(self, cause: str, host: str, details: str = ""):
+    def __init__(self, cause: str, host: str, details: str = "", restartable: bool = True):
         super().__init__(cause + (f". {details}" if details else ""))
-        self.cause, self.host = cause, host
+        self.cause, self.host, self.restartable = cause, host, restartable
 
 
 def restart_refusal(host: str, earlier_hosts: list[str], max_restarts: int) -> str | None:
@@ -500,7 +505,8 @@ def data_order_lines(output_dir: str) -> int:
 
 
 def attempt(steps: Steps, plan: list[dict], server_url: str | None, server_timeout_s: float, poll_s: float,
-            health_every_s: float, health_failures: int, restart: dict | None = None) -> None:
+            health_every_s: float, health_failures: int, restart: dict | None = None,
+            limit: "TimeLimit | None" = None) -> None:
     """Start the server, wait for it, start the trainers and watch them all until every trainer has finished.
     Raises Fault for the first step that dies. restart: the restart this attempt follows; its costs are filled in
     (`server_s`, `first_step_s` from the trainers' start to the first generation step seen) and printed."""
@@ -519,12 +525,16 @@ def attempt(steps: Steps, plan: list[dict], server_url: str | None, server_timeo
         print(f"[launch] vLLM server healthy at {server_url} after {seconds:.0f} s", flush=True)
         if restart:
             restart["server_s"] = seconds
+    if limit and (too_short := limit.trainers_starting()):  # time limit: no time left to train
+        raise Fault(too_short, "", restartable=False)
     for node in plan:
         if node["role"] == "train":
             steps.start(node)
     trainers_started = time.time()
     failures, next_check = 0, time.time() + health_every_s
     while any(n["role"] == "train" for _, n in steps.running.values()):
+        if limit:
+            limit.check(steps)  # time limit: past the margin (or on SIGUSR1) training saves and stops; requeue, exit
         if restart and "first_step_s" not in restart and data_order_lines(restart["output_dir"]) > restart["lines"]:
             restart["first_step_s"] = time.time() - trainers_started
             print(f"[launch] restart {restart['number']} cost {restart_cost(restart):.0f} s from the failure seen to "
@@ -561,7 +571,8 @@ def restart_cost(restart: dict) -> float:
 
 
 def run(plan: list[dict], output_dir: str, server_url: str | None, server_timeout_s: float, max_restarts: int = 0,
-        poll_s: float = 1.0, health_every_s: float = 5.0, health_failures: int = 3) -> list[dict]:
+        poll_s: float = 1.0, health_every_s: float = 5.0, health_failures: int = 3,
+        stop_margin_s: float | None = None) -> list[dict]:
     """Start the server, wait for it, start the trainers, and watch them all until they finish; returns the restarts.
 
     During training the server's /health is also checked every health_every_s: `health_failures` failures in a row
@@ -582,15 +593,19 @@ def run(plan: list[dict], output_dir: str, server_url: str | None, server_timeou
                  "Relaunch the same command to resume from it." + restart_summary(restarts))
 
     signal.signal(signal.SIGTERM, lambda *_: fail("the launcher received SIGTERM (job cancelled or time limit)"))
+    limit = TimeLimit.of_job(output_dir, stop_margin_s)  # time limit: save, stop, requeue (not a failure)
+    signal.signal(signal.SIGUSR1, limit.on_signal)
     try:
         restart = None
         while True:
             try:
-                attempt(steps, plan, server_url, server_timeout_s, poll_s, health_every_s, health_failures, restart)
+                attempt(steps, plan, server_url, server_timeout_s, poll_s, health_every_s, health_failures, restart,
+                        limit)
                 break
             except Fault as fault:
                 seen = time.time()
-                refusal = restart_refusal(fault.host, [r["host"] for r in restarts], max_restarts)
+                refusal = (restart_refusal(fault.host, [r["host"] for r in restarts], max_restarts)
+                           if fault.restartable else "")
                 if refusal is not None:
                     fail(f"{fault}\n[launch] {refusal}" if refusal else str(fault))
                 steps.stop_all()
@@ -621,6 +636,190 @@ def restart_summary(restarts: list[dict]) -> str:
         cost = f"{restart_cost(r):.0f} s" if "first_step_s" in r else "cost unknown (no generation step after it)"
         lines.append(f"[launch]   {r['number']}. {r['cause']}: {cost}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- time limits: save, stop, requeue (issue 20)
+
+def slurm_seconds(text: str) -> int | None:
+    """A Slurm duration in seconds: sbatch's and scontrol's forms ("3" minutes, "1:30", "02:00:00", "2-00:00:00",
+    "1-12", "1-12:30"); None for UNLIMITED, INFINITE or NOT_SET."""
+    if text.upper() in ("UNLIMITED", "INFINITE", "NOT_SET", "NONE", ""):
+        return None
+    days, _, rest = text.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if days:  # days-hours[:minutes[:seconds]]
+        h, m, sec = (parts + [0, 0])[:3]
+        return ((int(days) * 24 + h) * 60 + m) * 60 + sec
+    if len(parts) == 1:  # minutes
+        return parts[0] * 60
+    if len(parts) == 2:  # minutes:seconds
+        return parts[0] * 60 + parts[1]
+    return (parts[0] * 60 + parts[1]) * 60 + parts[2]
+
+
+def stop_margin_s(limit_s: float) -> float:
+    """How long before a job's time limit the launcher asks training to save and stop: a quarter of the limit, at
+    least 30 s and at most 15 min. A request waits for the generation step in progress (about 5 min in JustRL's
+    run: 11.5k A800-hours on 32 GPUs over 4,380 steps), then the save; a 48 h job gives 15 min, a 3 min test job 45 s."""
+    return min(900.0, max(30.0, limit_s / 4))
+
+
+def job_fields(job_id: str) -> dict[str, str]:
+    """`scontrol show job -o` as {key: value} (TimeLimit, RunTime, BatchFlag, Requeue, Restarts...)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
+    return dict(item.split("=", 1) for item in out.split() if "=" in item)
+
+
+def run_finished(checkpoint: str) -> bool:
+    """Whether the checkpoint is the run's last step (its trainer_state.json: global_step reached max_steps)."""
+    state = json.load(open(os.path.join(checkpoint, "trainer_state.json")))
+    return state["global_step"] >= state["max_steps"]
+
+
+class TimeLimit:
+    """Outlive the job's time limit: `margin` seconds before it (stop_margin_s, or --stop_margin_s), or on SIGUSR1
+    (`scancel --batch --signal=USR1 JOB`), ask training to save and stop at its next generation-step boundary
+    (grpo/requeue.py), wait for the trainers to exit, stop the server, and requeue the job with `scontrol requeue`
+    (a batch job submitted with --requeue, as slurm/justrl.sbatch is); otherwise exit 0 saying how to resume.
+    Trainers that have not exited a third of the margin (at most 60 s) before the limit are stopped: the relaunch
+    resumes from the newest complete checkpoint, losing the steps since it. The requeued job (SLURM_RESTART_COUNT
+    > 0) prints the requeue's cost from the times in <output_dir>/requeue.jsonl."""
+
+    def __init__(self, output_dir: str, job_id: str | None, fields: dict, margin_s: float | None = None,
+                 now: float | None = None):
+        now = time.time() if now is None else now
+        self.output_dir, self.job_id, self.signalled, self.fixed_margin_s = output_dir, job_id, False, margin_s
+        self.job_start = now - (slurm_seconds(fields.get("RunTime", "0:0")) or 0)
+        self.set_limit(fields.get("TimeLimit", ""))
+        self.requeue = fields.get("BatchFlag") == "1" and fields.get("Requeue") == "1"
+        self.restarts = int(fields.get("Restarts", os.environ.get("SLURM_RESTART_COUNT", "0")))
+        self.log = os.path.join(output_dir, "requeue.jsonl")
+        self.resume_noted = False
+        self.resume = None  # a requeued job: {what the requeue cost so far, "watch": file whose growth is resumed work}
+        self.next_read, self.start_checkpoint = now + 30, last_checkpoint(output_dir)
+
+    def set_limit(self, text: str) -> None:
+        """The job's TimeLimit (scontrol's text) sets when to ask for the stop and how long to wait for it."""
+        self.limit_text, limit = text, slurm_seconds(text)
+        self.margin_s = (self.fixed_margin_s if self.fixed_margin_s is not None else stop_margin_s(limit)) if limit else None
+        self.stop_at = self.job_start + limit - self.margin_s if limit else None
+        self.exit_by = self.job_start + limit - min(60.0, self.margin_s / 3) if limit else None
+
+    @classmethod
+    def of_job(cls, output_dir: str, margin_s: float | None = None) -> "TimeLimit":
+        job = os.environ.get("SLURM_JOB_ID")
+        limit = cls(output_dir, job, job_fields(job) if job and shutil.which("scontrol") else {}, margin_s)
+        if limit.stop_at:
+            print(f"[launch] time limit in {limit.stop_at + limit.margin_s - time.time():.0f} s: training is asked "
+                  f"to save and stop {limit.margin_s:.0f} s before it, then the job "
+                  f"{'requeues itself' if limit.requeue else 'ends (not a batch job with --requeue: relaunch to resume)'}",
+                  flush=True)
+        from grpo.requeue import clear_stop_request
+        clear_stop_request(output_dir)
+        return limit
+
+    def on_signal(self, signum, frame) -> None:
+        self.signalled = True
+
+    def trainers_starting(self, now: float | None = None) -> str | None:
+        """Called when the server is healthy: a requeued job notes its start-up and watches for its first new step.
+        Returns why the job cannot train when its stop is already due (the limit is shorter than the start-up)."""
+        now = time.time() if now is None else now
+        if self.stop_at is not None and now >= self.stop_at:
+            return (f"the job's time limit ({self.limit_text}) leaves no time to train: the stop, {self.margin_s:.0f} s "
+                    f"before it, is due {now - self.job_start:.0f} s into the job, before the trainers start. "
+                    "Submit with a longer --time (or a smaller --stop_margin_s).")
+        stops = [r for r in self._records() if "requeued" in r and r["restart"] == self.restarts - 1]
+        if self.restarts and stops and not self.resume_noted:  # once: an in-job restart is not a requeue
+            self.resume_noted = True
+            stop, watch = stops[-1], os.path.join(self.output_dir, "data_order", "rank0.jsonl")
+            self.resume = {"job": self.job_id, "restart": self.restarts, "checkpoint": stop["checkpoint"],
+                           "save_s": stop["trainers_exited"] - stop["stop_requested"],
+                           "pending_s": self.job_start - stop["requeued"], "startup_s": now - self.job_start,
+                           "watch": watch, "size": os.path.getsize(watch) if os.path.exists(watch) else 0,
+                           "trainers_started": now}
+        return None
+
+    def check(self, steps: "Steps") -> None:
+        """Once per second in run(): report a resume's cost once its first step is done; stop when it is time."""
+        self.report_resume()
+        # an administrator may change a running job's limit
+        if self.job_id and shutil.which("scontrol") and time.time() >= self.next_read:
+            self.next_read = time.time() + 30
+            text = job_fields(self.job_id).get("TimeLimit")
+            if text and text != self.limit_text:
+                print(f"[launch] the job's time limit changed from {self.limit_text} to {text}", flush=True)
+                self.set_limit(text)
+        if self.signalled or (self.stop_at is not None and time.time() >= self.stop_at):
+            self.stop_and_requeue(steps)
+
+    def report_resume(self) -> None:
+        """A requeued job: once its first new generation step is logged, print and record what the requeue cost."""
+        r = self.resume
+        if r and os.path.exists(r["watch"]) and os.path.getsize(r["watch"]) > r["size"]:
+            r["resume_s"] = time.time() - r.pop("trainers_started")
+            total = r["save_s"] + r["pending_s"] + r["startup_s"] + r["resume_s"]
+            print(f"[requeue] restart {r['restart']} of job {r['job']}: {total:.0f} s from the stop request to the "
+                  f"first new generation step: save {r['save_s']:.0f} s (the step in progress, the checkpoint, exits), "
+                  f"pending {r['pending_s']:.0f} s, start-up {r['startup_s']:.0f} s (job start to healthy server), "
+                  f"resume {r['resume_s']:.0f} s (trainers' start-up from {r['checkpoint']} to their first step)",
+                  flush=True)
+            self._append({k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()
+                          if k not in ("watch", "size")})
+            self.resume = None
+
+    def stop_and_requeue(self, steps: "Steps") -> None:
+        from grpo.requeue import request_stop
+        why = "SIGUSR1" if self.signalled else f"time limit in {self.stop_at + self.margin_s - time.time():.0f} s"
+        record = {"job": self.job_id, "restart": self.restarts, "why": why, "stop_requested": time.time()}
+        request_stop(self.output_dir, why)
+        exit_by = self.exit_by if self.exit_by and not self.signalled else time.time() + 600
+        print(f"[launch] {why}: training asked to save and stop at its next generation step "
+              f"(waiting until {exit_by - time.time():.0f} s from now)", flush=True)
+        trainers = {name: proc for name, (proc, node) in steps.running.items() if node["role"] == "train"}
+        while any(p.poll() is None for p in trainers.values()) and time.time() < exit_by:
+            self.report_resume()  # a requeued job whose first new step ends during the stop
+            time.sleep(0.5)
+        codes = {name: p.poll() for name, p in trainers.items()}
+        record["trainers_exited"] = time.time()
+        steps.stop_all(grace_s=15)
+        checkpoint = last_checkpoint(self.output_dir)
+        record["checkpoint"] = checkpoint
+        if checkpoint and all(c == 0 for c in codes.values()) and run_finished(checkpoint):
+            print("[launch] training reached its last step during the stop: not requeued", flush=True)
+            return
+        if any(c != 0 for c in codes.values()):
+            print(f"[launch] trainers did not all stop cleanly ({codes}; None: still running at the deadline, "
+                  "stopped): the relaunch resumes from the newest complete checkpoint", flush=True)
+        if checkpoint == self.start_checkpoint:  # requeued, it would repeat this job and fail the same way
+            self._append(record)
+            sys.exit(f"[launch] FAILED: no checkpoint was written in this job before its time limit (still "
+                     f"{checkpoint or 'none'}); not requeued. Submit with a longer --time.")
+        if not self.requeue:
+            self._append(record)
+            print(f"[launch] stopped before the time limit; last checkpoint {checkpoint}. Relaunch the same command "
+                  "to resume (a batch job submitted with --requeue requeues itself).", flush=True)
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the requeue ends this job's batch step
+        record["requeued"] = time.time()
+        self._append(record)
+        out = subprocess.run(["scontrol", "requeue", self.job_id], capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"[launch] scontrol requeue {self.job_id} failed: {out.stderr.strip()}; last checkpoint "
+                     f"{checkpoint}. Resubmit to resume.")
+        print(f"[launch] requeued job {self.job_id} (restart {self.restarts + 1}); it resumes from {checkpoint}",
+              flush=True)
+        sys.exit(0)
+
+    def _records(self) -> list[dict]:
+        try:
+            return [json.loads(line) for line in open(self.log) if line.strip()]
+        except OSError:
+            return []
+
+    def _append(self, record: dict) -> None:
+        with open(self.log, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 def check_accelerate_config(path: str) -> None:
@@ -664,6 +863,9 @@ def main(argv=None):
                         help="after a fault, restart the whole job in this allocation (fresh server, resume from the "
                              "newest checkpoint) up to this many times; never twice in a row for the same node")
     parser.add_argument("--log_dir", default=None, help="one log per node; default <output_dir>/logs")
+    parser.add_argument("--stop_margin_s", type=float, default=None,
+                        help="ask training to save and stop this long before the job's time limit, then requeue; "
+                             "default: a quarter of the limit, 30 s to 15 min (stop_margin_s)")
     parser.add_argument("--dry_run", action="store_true", help="print each node's command and exit")
     parser.add_argument("--probe_gpus", action="store_true",
                         help="inside the allocation: start each node's step with a probe, print the GPUs Slurm gave "
@@ -707,7 +909,7 @@ def main(argv=None):
     print(f"[launch] {len(hosts)} nodes ({'CPU' if cpu else f'{gpus} GPUs each'}): "
           f"{sum(n['role'] == 'train' for n in plan)} training, {1 if server else 0} vLLM server; output_dir {output_dir}",
           flush=True)
-    run(plan, output_dir, url, args.server_timeout_s, args.max_restarts)
+    run(plan, output_dir, url, args.server_timeout_s, args.max_restarts, stop_margin_s=args.stop_margin_s)
     return plan
 
 

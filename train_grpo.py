@@ -39,6 +39,8 @@ How this departs from TRL's stock GRPOTrainer, and why:
      fails (TRL's client would re-send it 5 times: ~6x the bound); a relaunch resumes from the newest
      *complete* checkpoint (transformers takes the highest number, even one a kill cut short); a multi-process CPU
      run reloads its optimizer state on "cpu" (transformers maps it to "cpu:0", which torch.load cannot restore).
+     Asked to stop (<output_dir>/stop_requested, written by launch_slurm.py before a job's time limit), every process
+     saves at the next generation step and exits 0 (grpo/requeue.py); the requeued job resumes there.
   8. Validation inside training, as JustRL's veRL run (val_before_train, test_freq): `validation_*` keys name
      benchmarks, schedule, sampling and grader (veRL's math-verify rule by default); the run's own engine samples
      them (colocated vLLM, the vLLM server or transformers, after the weight sync), and grpo/validation.py writes
@@ -679,7 +681,7 @@ def main(argv=None):
     reward_funcs = [time_limited(f, script_args.reward_timeout_s)
                     for f in load_reward_funcs(script_args.reward_funcs, reward_kwargs)]
     prepare = _import_function(script_args.prepare_assets, "prepare_assets") if script_args.prepare_assets else None
-    from grpo import validation
+    from grpo import requeue, validation
     validation.check_settings(script_args, training_args)
     if script_args.dry_run:
         world = script_args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
@@ -715,6 +717,9 @@ def main(argv=None):
     if validation_data is not None:
         trainer.add_callback(validation.Validation(trainer, script_args, tokenizer, validation_data).callback())
     out = training_args.output_dir
+    # save and stop at a generation-step boundary when launch_slurm.py asks (a time limit ahead): grpo/requeue.py
+    stop = requeue.stop_callback(trainer.accelerator, out, training_args.optimizer_updates_per_step)
+    trainer.add_callback(stop)
     checkpoint = training_args.resume_from_checkpoint or last_checkpoint(out)
     summary_path = os.path.join(out, "summary.json")
     summary = json.load(open(summary_path)) if checkpoint and os.path.exists(summary_path) else {}
@@ -731,6 +736,11 @@ def main(argv=None):
         print(f"[resume] from {checkpoint}", flush=True)
     with collective_timeout_named(training_args.ddp_timeout):
         result = trainer.train(resume_from_checkpoint=checkpoint)
+    if stop.stopped_at is not None:
+        print(f"[stop] stopped on request ({requeue.stop_path(out)}) at global step {stop.stopped_at}, after saving "
+              f"checkpoint-{stop.stopped_at} in {stop.saved_in_s:.1f} s; a relaunch resumes from it", flush=True)
+        trainer.accelerator.end_training()
+        return summary
     trainer.save_model(out)
     if heldout is not None:
         from trl.models import unwrap_model_for_generation

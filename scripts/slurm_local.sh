@@ -123,7 +123,9 @@ up() {
         echo "SlurmctldPort=$CTLD_PORT"
         echo "AuthType=auth/munge"
         echo "CredType=cred/munge"
-        echo "AuthInfo=socket=$DIR/munge/munge.socket"
+        # a requeued job waits cred_expire seconds before it may start again (default 120; 5 is Slurm's least), then
+        # for the scheduler's next pass (sched_interval, default 60 s): 10 and 2 keep the requeue tests short
+        echo "AuthInfo=socket=$DIR/munge/munge.socket,cred_expire=10"
         echo "SlurmUser=root"
         echo "SlurmdUser=root"
         echo "ProctrackType=proctrack/linuxproc"
@@ -131,6 +133,7 @@ up() {
         echo "SelectType=select/cons_tres"
         echo "SelectTypeParameters=CR_Core"
         echo "SchedulerType=sched/builtin"
+        echo "SchedulerParameters=sched_interval=2"
         echo "MpiDefault=none"
         echo "ReturnToService=2"
         echo "KillWait=5"
