@@ -1,5 +1,5 @@
 """Time limits (issue 20): the launcher's timing from a job's TimeLimit, and training's save-and-stop at a
-generation-step boundary when asked. The run through two real requeues is in tests/test_slurm.py.
+generation-step boundary when asked. (A two-requeue run on the local Slurm cluster is not in CI yet: README.)
 
     python -m pytest -q tests/test_requeue.py
 """
