@@ -55,8 +55,9 @@ Commands:
         --use_vllm true --vllm_mode colocate
     # print the resolved configuration for a cluster of N training processes; loads nothing
     python train_grpo.py --config recipes/justrl.yaml --dry_run --world_size 32
-    # JustRL on one 8-GPU node: vLLM server on 4 GPUs, 4 training processes (their number must divide 512)
-    CUDA_VISIBLE_DEVICES=4,5,6,7 trl vllm-serve --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --tensor_parallel_size 4 &
+    # JustRL on one 8-GPU node: a vLLM server of 4 data-parallel engines on 4 GPUs, 4 training processes (dividing 512)
+    CUDA_VISIBLE_DEVICES=4,5,6,7 trl vllm-serve --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --data_parallel_size 4 \\
+        --max_model_len 32768 &
     CUDA_VISIBLE_DEVICES=0,1,2,3 accelerate launch --config_file accelerate_configs/zero3.yaml --num_processes 4 \\
         train_grpo.py --config recipes/justrl.yaml
     # several nodes: see launch_slurm.py
