@@ -111,7 +111,8 @@ def test_three_generation_steps_raise_rollout_and_heldout_accuracy(real_assets, 
                        "--dataset_name", real_assets["train"], "--temperature", "0.7",
                        "--prompts_per_step", "4", "--num_generations", "8", "--optimizer_updates_per_step", "2",
                        "--total_generation_steps", "3", "--save_strategy", "no", "--seed", "42",
-                       "--report_to", "none", "--log_completions", "false", "--validation_batch_size", "64"])
+                       "--report_to", "none", "--log_completions", "false", "--validation_batch_size", "64",
+                       "--validation_every_generation_steps", "3"])
     written = json.loads((out / "summary.json").read_text())
     before, after = written["accuracy_before"], written["accuracy_after"]
     first, last = written["first_logged"]["accuracy"], written["last_logged"]["accuracy"]
@@ -122,15 +123,16 @@ def test_three_generation_steps_raise_rollout_and_heldout_accuracy(real_assets, 
     assert written["data"] == {"rows": 320, "duplicates_dropped": 0, "too_long_dropped": 0, "kept": 320}
     assert last - first >= MIN_ROLLOUT_GAIN
     assert after - before >= MIN_HELDOUT_GAIN
-    # real_cpu.yaml validates the held-out split (greedy) before training and after every generation step; in batches
-    # of 64 as summary.json's greedy accuracies are computed (same prompts, same padding), its curve starts and ends
-    # exactly where they do
+    # real_cpu.yaml validates the held-out split (greedy) before training and after every generation step (here every
+    # 3rd, which is the last: the curve's ends are what summary.json can check, and CI time is short); in batches of 64
+    # as summary.json's greedy accuracies are computed (same prompts, same padding), its curve starts and ends exactly
+    # where they do
     with open(out / "validation" / "metrics.jsonl") as f:
         steps = [m["generation_step"] for m in map(json.loads, f)]
     curve = [(step, json.loads((out / "validation" / f"step_{step}" / "results.json").read_text())
               ["benchmarks"]["heldout"]["avg_at_k"]) for step in steps]
     print(f"[learning] validation curve (generation step, held-out greedy accuracy): {curve}", flush=True)
-    assert [step for step, _ in curve] == [0, 1, 2, 3]
+    assert [step for step, _ in curve] == [0, 3]
     assert curve[0][1] == before and curve[-1][1] == after
     assert (out / "validation" / "accuracy_vs_step.png").exists()
     saved = json.loads((out / "generation_config.json").read_text())  # TRL's trainer stores eos as a list
