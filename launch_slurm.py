@@ -593,7 +593,8 @@ def run(plan: list[dict], output_dir: str, server_url: str | None, server_timeou
                  "Relaunch the same command to resume from it." + restart_summary(restarts))
 
     signal.signal(signal.SIGTERM, lambda *_: fail("the launcher received SIGTERM (job cancelled or time limit)"))
-    limit = TimeLimit.of_job(output_dir, stop_margin_s, time_limit_read_s)  # time limit: save, stop, requeue (not a failure)
+    # time limit: save, stop, requeue (not a failure)
+    limit = TimeLimit.of_job(output_dir, stop_margin_s, time_limit_read_s)
     signal.signal(signal.SIGUSR1, limit.on_signal)
     try:
         restart = None

@@ -6,8 +6,11 @@ JustRL's topology (2 training nodes with Accelerate's multi-machine rendezvous +
 learns; without --max_restarts a killed training process stops the whole job within 60 s with a message naming what
 died; the kill loop: the same run relaunched as a batch job (slurm/justrl.sbatch, --max_restarts 3) has a training
 process, the server and a training process SIGKILLed at seeded random moments, restarts in its allocation each time
-(cause and cost printed) and finishes with the uninterrupted run's data order; a server that never gets healthy
-stops the launcher after --server_timeout_s; ZeRO-3 across the two training nodes and --no_vllm_node run.
+(cause and cost printed) and finishes with the uninterrupted run's data order; the time limit: a batch job whose
+real Slurm TimeLimit the test cuts (`scontrol update`) each time its current run has trained a generation step is
+requeued twice by the launcher (save, `scontrol requeue`, cost line) and finishes with that data order; a server
+that never gets healthy stops the launcher after --server_timeout_s; ZeRO-3 across the two training nodes and
+--no_vllm_node run.
 After every launch no process of the job is left. Skipped where Slurm cannot be installed, except under CI, where
 that fails (tests/conftest.py).
 """
