@@ -1,6 +1,6 @@
 """launch_slurm.py on a real Slurm cluster: 3 nodes on this machine (scripts/slurm_local.sh), CPU nodes, tiny.py's model.
 
-    python -m pytest tests/test_slurm.py -q        # needs root (apt-get, slurmd); ~12 min on 2 cores
+    python -m pytest tests/test_slurm.py -q        # needs root (apt-get, slurmd); ~18 min on 2 cores (requeues ~5.5)
 
 JustRL's topology (2 training nodes with Accelerate's multi-machine rendezvous + 1 node serving `trl vllm-serve`)
 learns; without --max_restarts a killed training process stops the whole job within 60 s with a message naming what
