@@ -572,7 +572,7 @@ def restart_cost(restart: dict) -> float:
 
 def run(plan: list[dict], output_dir: str, server_url: str | None, server_timeout_s: float, max_restarts: int = 0,
         poll_s: float = 1.0, health_every_s: float = 5.0, health_failures: int = 3,
-        stop_margin_s: float | None = None) -> list[dict]:
+        stop_margin_s: float | None = None, time_limit_read_s: float = 30.0) -> list[dict]:
     """Start the server, wait for it, start the trainers, and watch them all until they finish; returns the restarts.
 
     During training the server's /health is also checked every health_every_s: `health_failures` failures in a row
@@ -593,7 +593,8 @@ def run(plan: list[dict], output_dir: str, server_url: str | None, server_timeou
                  "Relaunch the same command to resume from it." + restart_summary(restarts))
 
     signal.signal(signal.SIGTERM, lambda *_: fail("the launcher received SIGTERM (job cancelled or time limit)"))
-    limit = TimeLimit.of_job(output_dir, stop_margin_s)  # time limit: save, stop, requeue (not a failure)
+    # time limit: save, stop, requeue (not a failure)
+    limit = TimeLimit.of_job(output_dir, stop_margin_s, time_limit_read_s)
     signal.signal(signal.SIGUSR1, limit.on_signal)
     try:
         restart = None
@@ -686,7 +687,7 @@ class TimeLimit:
     > 0) prints the requeue's cost from the times in <output_dir>/requeue.jsonl."""
 
     def __init__(self, output_dir: str, job_id: str | None, fields: dict, margin_s: float | None = None,
-                 now: float | None = None):
+                 now: float | None = None, read_every_s: float = 30.0):
         now = time.time() if now is None else now
         self.output_dir, self.job_id, self.signalled, self.fixed_margin_s = output_dir, job_id, False, margin_s
         self.job_start = now - (slurm_seconds(fields.get("RunTime", "0:0")) or 0)
@@ -696,7 +697,8 @@ class TimeLimit:
         self.log = os.path.join(output_dir, "requeue.jsonl")
         self.resume_noted = False
         self.resume = None  # a requeued job: {what the requeue cost so far, "watch": file whose growth is resumed work}
-        self.next_read, self.start_checkpoint = now + 30, last_checkpoint(output_dir)
+        self.read_every_s = read_every_s  # how often the limit is re-read: an administrator may change it
+        self.next_read, self.start_checkpoint = now + read_every_s, last_checkpoint(output_dir)
 
     def set_limit(self, text: str) -> None:
         """The job's TimeLimit (scontrol's text) sets when to ask for the stop and how long to wait for it."""
@@ -706,9 +708,10 @@ class TimeLimit:
         self.exit_by = self.job_start + limit - min(60.0, self.margin_s / 3) if limit else None
 
     @classmethod
-    def of_job(cls, output_dir: str, margin_s: float | None = None) -> "TimeLimit":
+    def of_job(cls, output_dir: str, margin_s: float | None = None, read_every_s: float = 30.0) -> "TimeLimit":
         job = os.environ.get("SLURM_JOB_ID")
-        limit = cls(output_dir, job, job_fields(job) if job and shutil.which("scontrol") else {}, margin_s)
+        limit = cls(output_dir, job, job_fields(job) if job and shutil.which("scontrol") else {}, margin_s,
+                    read_every_s=read_every_s)
         if limit.stop_at:
             print(f"[launch] time limit in {limit.stop_at + limit.margin_s - time.time():.0f} s: training is asked "
                   f"to save and stop {limit.margin_s:.0f} s before it, then the job "
@@ -745,7 +748,7 @@ class TimeLimit:
         self.report_resume()
         # an administrator may change a running job's limit
         if self.job_id and shutil.which("scontrol") and time.time() >= self.next_read:
-            self.next_read = time.time() + 30
+            self.next_read = time.time() + self.read_every_s
             text = job_fields(self.job_id).get("TimeLimit")
             if text and text != self.limit_text:
                 print(f"[launch] the job's time limit changed from {self.limit_text} to {text}", flush=True)
@@ -866,6 +869,8 @@ def main(argv=None):
     parser.add_argument("--stop_margin_s", type=float, default=None,
                         help="ask training to save and stop this long before the job's time limit, then requeue; "
                              "default: a quarter of the limit, 30 s to 15 min (stop_margin_s)")
+    parser.add_argument("--time_limit_read_s", type=float, default=30.0,
+                        help="re-read the job's TimeLimit (scontrol show job) this often, in seconds")
     parser.add_argument("--dry_run", action="store_true", help="print each node's command and exit")
     parser.add_argument("--probe_gpus", action="store_true",
                         help="inside the allocation: start each node's step with a probe, print the GPUs Slurm gave "
@@ -909,7 +914,8 @@ def main(argv=None):
     print(f"[launch] {len(hosts)} nodes ({'CPU' if cpu else f'{gpus} GPUs each'}): "
           f"{sum(n['role'] == 'train' for n in plan)} training, {1 if server else 0} vLLM server; output_dir {output_dir}",
           flush=True)
-    run(plan, output_dir, url, args.server_timeout_s, args.max_restarts, stop_margin_s=args.stop_margin_s)
+    run(plan, output_dir, url, args.server_timeout_s, args.max_restarts, stop_margin_s=args.stop_margin_s,
+        time_limit_read_s=args.time_limit_read_s)
     return plan
 
 

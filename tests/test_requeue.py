@@ -47,6 +47,14 @@ def test_48_hour_job_stops_15_min_before_and_leaves_60_s_to_requeue(tmp_path):
     assert (limit.stop_at, limit.exit_by) == (172800 - 900, 172800 - 60)
 
 
+def test_the_limit_is_re_read_every_read_every_s_and_a_cut_limit_makes_the_stop_due(tmp_path):
+    limit = TimeLimit(str(tmp_path), "7", {"TimeLimit": "00:15:00", "RunTime": "00:03:20", "BatchFlag": "1",
+                                           "Requeue": "1"}, margin_s=180, now=200.0, read_every_s=2)
+    assert limit.next_read == 202.0 and limit.stop_at == 900 - 180
+    limit.set_limit("00:06:00")  # what tests/test_slurm.py sets 200 s into the job: (200 + 120) s rounded up to minutes
+    assert (limit.stop_at, limit.exit_by) == (360 - 180, 360 - 60)  # stop due; the save has 160 s before Slurm's end
+
+
 def test_a_limit_shorter_than_the_start_up_is_refused_naming_time(tmp_path):
     limit = TimeLimit(str(tmp_path), "7", {"TimeLimit": "00:02:00", "RunTime": "00:01:35", "BatchFlag": "1",
                                            "Requeue": "1"}, now=95.0)

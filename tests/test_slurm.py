@@ -1,13 +1,16 @@
 """launch_slurm.py on a real Slurm cluster: 3 nodes on this machine (scripts/slurm_local.sh), CPU nodes, tiny.py's model.
 
-    python -m pytest tests/test_slurm.py -q        # needs root (apt-get, slurmd); ~12 min on 2 cores
+    python -m pytest tests/test_slurm.py -q        # needs root (apt-get, slurmd); ~18 min on 2 cores (requeues ~5.5)
 
 JustRL's topology (2 training nodes with Accelerate's multi-machine rendezvous + 1 node serving `trl vllm-serve`)
 learns; without --max_restarts a killed training process stops the whole job within 60 s with a message naming what
 died; the kill loop: the same run relaunched as a batch job (slurm/justrl.sbatch, --max_restarts 3) has a training
 process, the server and a training process SIGKILLed at seeded random moments, restarts in its allocation each time
-(cause and cost printed) and finishes with the uninterrupted run's data order; a server that never gets healthy
-stops the launcher after --server_timeout_s; ZeRO-3 across the two training nodes and --no_vllm_node run.
+(cause and cost printed) and finishes with the uninterrupted run's data order; the time limit: a batch job whose
+real Slurm TimeLimit the test cuts (`scontrol update`) each time its current run has trained a generation step is
+requeued twice by the launcher (save, `scontrol requeue`, cost line) and finishes with that data order; a server
+that never gets healthy stops the launcher after --server_timeout_s; ZeRO-3 across the two training nodes and
+--no_vllm_node run.
 After every launch no process of the job is left. Skipped where Slurm cannot be installed, except under CI, where
 that fails (tests/conftest.py).
 """
@@ -150,13 +153,14 @@ class Launch:
     """`salloc -N<nodes> python launch_slurm.py ...` in the background, its output in a file; with batch,
     `sbatch --wait -N<nodes> slurm/justrl.sbatch ...` (job name `name`, the job's output in that file)."""
 
-    def __init__(self, env, tmp_path, name, *args, nodes: int = 3, batch: bool = False):
+    def __init__(self, env, tmp_path, name, *args, nodes: int = 3, batch: bool = False, time_min: int | None = None):
         self.log_path, self.name, self.env, self.batch = tmp_path / f"{name}.log", name, env, batch
         self.log = open(tmp_path / f"{name}.sbatch.log" if batch else self.log_path, "w")
         if "--" in args:  # launcher options before the recipe's
             args = args[:args.index("--")] + tuple(PORTS) + args[args.index("--"):]
+        limit = [f"--time={time_min}"] if time_min else []
         cmd = (["sbatch", "--wait", f"-N{nodes}", "--gpus-per-node=0", f"--job-name={name}", f"--output={self.log_path}",
-                "slurm/justrl.sbatch", *args] if batch else ["salloc", f"-N{nodes}", sys.executable, "launch_slurm.py", *args])
+                *limit, "slurm/justrl.sbatch", *args] if batch else ["salloc", f"-N{nodes}", sys.executable, "launch_slurm.py", *args])
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.job_id = None
@@ -354,6 +358,77 @@ def test_kill_loop_restarts_in_the_allocation_and_finishes_with_the_uninterrupte
     for rank, steps in resumed_orders.items():
         assert sorted(steps) == sorted(reference[rank])[:KILLED_STEPS]
         assert steps == {step: reference[rank][step] for step in steps}
+
+
+REQUEUED_STEPS = 8    # generation steps of the two-requeue run: each of its three runs trains at least one
+LIMIT_MIN = 15        # the job's --time: generous, cut to "stop now" by the test once a run has trained a step
+
+
+def job_state(env, job: str) -> dict[str, str]:
+    """`scontrol show job -o JOB` of the test cluster as {key: value} (JobState, Restarts, RunTime, TimeLimit...)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True).stdout
+    return dict(item.split("=", 1) for item in out.split() if "=" in item)
+
+
+def set_time_limit(env, job: str, minutes: int) -> None:
+    done = subprocess.run(["scontrol", "update", f"JobId={job}", f"TimeLimit={minutes}"], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def rank0_steps(out) -> int:
+    path = os.path.join(out, "data_order", "rank0.jsonl")
+    return open(path).read().count("\n") if os.path.exists(path) else 0
+
+
+def test_time_limit_requeues_twice_and_finishes_with_the_uninterrupted_data_order(cluster, recipe, uninterrupted,
+                                                                                   tmp_path):
+    """A batch job with a 15-minute limit; each time its current run has trained a generation step, the test cuts
+    the job's real Slurm TimeLimit (`scontrol update`) so that the launcher's stop (--stop_margin_s 180 before it) is
+    due now; the launcher, re-reading the limit every 2 s, has training save and stop, and requeues the job; the test
+    gives the requeued job its 15 minutes back (a requeued job keeps the limit it had). Two requeues, then the run
+    finishes with the uninterrupted run's data order."""
+    assert uninterrupted["code"] == 0
+    out = str(tmp_path / "run")
+    launch = Launch(cluster, tmp_path, "requeued", "--stop_margin_s", "180", "--time_limit_read_s", "2", "--config",
+                    recipe, "--", "--output_dir", out, "--total_generation_steps", str(REQUEUED_STEPS), batch=True,
+                    time_min=LIMIT_MIN)
+    job = launch.job()
+    steps_before = 0
+    for restart in (1, 2):
+        wait_for(lambda: rank0_steps(out) > steps_before, 600, f"a generation step in run {restart}", launch)
+        elapsed = sum(int(x) * 60 ** i for i, x in enumerate(reversed(job_state(cluster, job)["RunTime"].split(":"))))
+        # stop due now (limit - 180 s <= elapsed) and Slurm's own end >= 2 min away (the save fits before it)
+        set_time_limit(cluster, job, -(-(elapsed + 120) // 60))
+        wait_for(lambda: job_state(cluster, job).get("Restarts") == str(restart), 300, f"requeue {restart}", launch)
+        set_time_limit(cluster, job, LIMIT_MIN)
+        steps_before = rank0_steps(out)  # the stopped run's trainers have exited: the next line is the next run's
+    assert launch.wait(900) == 0, launch.output()[-5000:]
+    final = job_state(cluster, job)
+    assert (final["JobState"], final["ExitCode"], final["Restarts"]) == ("COMPLETED", "0:0", "2"), final
+    text = launch.output()
+    assert text.count("[launch] vLLM server healthy") == 3, text[-5000:]
+    costs = re.findall(r"\[requeue\] restart (\d) of job (\d+): (\d+) s from the stop request to the first new "
+                       r"generation step: save (\d+) s .*, pending (\d+) s, start-up (\d+) s .*, resume (\d+) s", text)
+    assert [(c[0], c[1]) for c in costs] == [("1", job), ("2", job)], text[-5000:]
+    for number, _, total, save, pending, startup, resume in costs:
+        print(f"[slurm] requeue {number}: {total} s (save {save} s, pending {pending} s, start-up {startup} s, "
+              f"resume {resume} s)")
+        assert abs(int(total) - int(save) - int(pending) - int(startup) - int(resume)) <= 2 and int(pending) > 0
+    # each run trained: the two stops saved at later and later steps, before the last
+    with open(os.path.join(out, "requeue.jsonl")) as f:
+        stops = [r for r in map(json.loads, f) if "requeued" in r]
+    saved = [int(r["checkpoint"].rsplit("-", 1)[1]) for r in stops]
+    assert len(saved) == 2 and 0 < saved[0] < saved[1] < 2 * REQUEUED_STEPS, stops
+    assert json.load(open(os.path.join(out, "summary.json")))["global_step"] == 2 * REQUEUED_STEPS
+    launch.assert_nothing_left()
+    reference = data_order(uninterrupted["out"])
+    orders = data_order(out)
+    assert sorted(orders) == [0, 1]
+    for rank, steps in orders.items():
+        assert steps == {step: reference[rank][step] for step in sorted(reference[rank])[:REQUEUED_STEPS]}
+    for rank in (0, 1):  # no step drawn twice: the three runs appended each step once
+        assert open(os.path.join(out, "data_order", f"rank{rank}.jsonl")).read().count("\n") == REQUEUED_STEPS
 
 
 def test_server_that_exits_at_start_or_never_gets_healthy_stops_the_launcher(cluster, recipe, tmp_path):
