@@ -223,6 +223,23 @@ def assert_validation_curve(out, engine: str) -> None:
 
 # ---------------------------------------------------------------- server mode
 
+def wait_healthy(proc, port: int, log_path) -> None:
+    """Wait for a vLLM server started on 127.0.0.1:port to answer /health; fail with its log if it exits or takes
+    longer than 600 s."""
+    import requests
+
+    deadline = time.time() + 600
+    while True:
+        assert proc.poll() is None, open(log_path).read()[-4000:]
+        assert time.time() < deadline, "vLLM server not healthy after 600 s:\n" + open(log_path).read()[-4000:]
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(1.0)
+
+
 @pytest.fixture(scope="module")
 def server(tiny_assets, tmp_path_factory):
     """`trl vllm-serve` on the tiny model, as a user starts it; stopped by its process group."""
@@ -235,17 +252,7 @@ def server(tiny_assets, tmp_path_factory):
         proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(ENV, VLLM_CPU_KVCACHE_SPACE="1"), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        import requests
-        deadline = time.time() + 600
-        while True:
-            assert proc.poll() is None, open(log_path).read()[-4000:]
-            assert time.time() < deadline, "vLLM server not healthy after 600 s:\n" + open(log_path).read()[-4000:]
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(1.0)
+        wait_healthy(proc, port, log_path)
         state = {"port": port, "proc": proc, "log": log_path, "tree": descendants(proc.pid)}
         yield state
     finally:

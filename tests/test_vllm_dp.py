@@ -11,12 +11,11 @@ answer before the reload and one other answer after it, from both engines each t
 import collections
 import concurrent.futures
 import subprocess
-import time
 
 import pytest
 
 from conftest import ROOT
-from test_vllm import ENV, free_port, needs_vllm, stop_group
+from test_vllm import ENV, free_port, needs_vllm, stop_group, wait_healthy
 
 pytestmark = [needs_vllm, pytest.mark.slow]
 
@@ -32,17 +31,7 @@ def dp_server(tiny_assets, tmp_path_factory):
         proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(ENV, VLLM_CPU_KVCACHE_SPACE="1"), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        import requests
-        deadline = time.time() + 600
-        while True:
-            assert proc.poll() is None, open(log_path).read()[-4000:]
-            assert time.time() < deadline, "vLLM server not healthy after 600 s:\n" + open(log_path).read()[-4000:]
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(1.0)
+        wait_healthy(proc, port, log_path)
         yield f"http://127.0.0.1:{port}", tiny_assets
     finally:
         stop_group(proc)
