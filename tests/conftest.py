@@ -35,3 +35,19 @@ def tokenizer():
     import tiny
 
     return tiny.build_tokenizer(["What is 1 + 1?" + data.JUSTRL_SUFFIX] * 4)
+
+
+@pytest.fixture(scope="session")
+def server(tiny_assets, tmp_path_factory):
+    """One `trl vllm-serve` of the tiny model for the session, as a user starts it (tests/test_vllm.py and
+    tests/test_collectives.py share it: a start-up is about a minute on 2 cores); stopped by its process group.
+    The trainers that use it sync their weights into it at their first generation step."""
+    from test_vllm import descendants, free_port, start_server, stop_group
+
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    proc = start_server(tiny_assets["model"], port, log_path)
+    try:
+        yield {"port": port, "proc": proc, "log": log_path, "tree": descendants(proc.pid)}
+    finally:
+        stop_group(proc)

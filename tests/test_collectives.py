@@ -16,7 +16,7 @@ import yaml
 
 from conftest import ROOT
 from grpo import validation as val
-from test_vllm import needs_vllm, server  # noqa: F401 (server: test_vllm's `trl vllm-serve` fixture, one per module)
+from test_vllm import needs_vllm  # the `server` fixture (conftest.py): one `trl vllm-serve` for the session
 
 # ---------------------------------------------------------------- pure parts
 

@@ -1,22 +1,22 @@
 """launch_slurm.py on a real Slurm cluster: 3 nodes on this machine (scripts/slurm_local.sh), CPU nodes, tiny.py's model.
 
-    python -m pytest tests/test_slurm.py -q        # needs root (apt-get, slurmd); ~18 min on 2 cores (requeues ~5.5)
+    python -m pytest tests/test_slurm.py -q        # needs root (apt-get, slurmd)
 
 JustRL's topology (2 training nodes with Accelerate's multi-machine rendezvous + 1 node serving `trl vllm-serve`)
-learns; without --max_restarts a killed training process stops the whole job within 60 s with a message naming what
-died; the kill loop: the same run relaunched as a batch job (slurm/justrl.sbatch, --max_restarts 3) has a training
-process, the server and a training process SIGKILLed at seeded random moments, restarts in its allocation each time
-(cause and cost printed) and finishes with the uninterrupted run's data order; the time limit: a batch job whose
-real Slurm TimeLimit the test cuts (`scontrol update`) each time its current run has trained a generation step is
-requeued twice by the launcher (save, `scontrol requeue`, cost line) and finishes with that data order; a server
-that never gets healthy stops the launcher after --server_timeout_s; ZeRO-3 across the two training nodes and
---no_vllm_node run.
+learns. The long run: a batch job (slurm/justrl.sbatch, --max_restarts 3, --requeue) meets what two weeks on a
+cluster bring, at seeded random moments: a training process, the server and a training process again SIGKILLed
+(the launcher stops every step within seconds, restarts in its allocation, prints cause and cost) and two time limits
+(the test cuts the job's real Slurm TimeLimit with `scontrol update`; training saves, the launcher requeues the job
+and prints the requeue's cost); it finishes with the uninterrupted run's data order. A server that never gets healthy
+stops the launcher after --server_timeout_s; ZeRO-3 across the two training nodes and --no_vllm_node run.
+(Without --max_restarts a fault stops the job naming what died: tests/test_launch_restarts.py.)
 After every launch no process of the job is left. Skipped where Slurm cannot be installed, except under CI, where
 that fails (tests/conftest.py).
 """
 
 import json
 import os
+import pathlib
 import random
 import re
 import shutil
@@ -30,10 +30,11 @@ import pytest
 import yaml
 
 from conftest import ROOT, require
+from test_vllm import assert_validation_curve
 
 pytestmark = pytest.mark.slow
 STEPS = 20           # generation steps of the uninterrupted run (30 gave 64.5% -> 92.0% held-out)
-KILLED_STEPS = 12    # generation steps of the kill loop's run (its data order is the first 12 of the one above)
+KILLED_STEPS = 12    # generation steps of the long run (its data order is the first 12 of the one above)
 
 
 def _free_base_port(count: int) -> int:
@@ -260,28 +261,19 @@ def test_justrl_topology_runs_and_learns(uninterrupted):
     assert server_log.count("POST /collective_rpc HTTP/1.1\" 200") >= STEPS
     orders = data_order(out)
     assert sorted(orders) == [0, 1] and all(len(steps) == STEPS for steps in orders.values())
-    # tiny.yaml validates its held-out split before training and at the last step, through the server
-    with open(os.path.join(out, "validation", "metrics.jsonl")) as f:
-        validations = [json.loads(line) for line in f]
-    assert [(v["generation_step"], v["engine"]) for v in validations] == [(0, "vllm_server"), (STEPS, "vllm_server")]
-    with open(os.path.join(out, "validation", f"step_{STEPS}", "heldout.jsonl")) as f:
-        assert len({(r["example_id"], r["round"]) for r in map(json.loads, f)}) == 800  # both ranks graded their half
+    # tiny.yaml validates its held-out split before training and at the last step, through the server, after the
+    # weight sync; both ranks graded their half (800 samples)
+    assert_validation_curve(pathlib.Path(out), "vllm_server", steps=(0, STEPS))
+    assert open(os.path.join(out, "logs", "train0-node1.log")).read().count(
+        "[vllm] no CUDA: weights reach the vLLM server") == 1
 
 
-def kill_and_read_failure(launch: Launch, pid: int, what: str) -> str:
-    """SIGKILL `pid`; the launcher must exit non-zero within 60 s. Returns its failure message."""
-    os.kill(pid, signal.SIGKILL)
-    killed_at = time.time()
-    code = launch.wait(120)
-    detected_s = time.time() - killed_at
-    text = launch.output()
-    print(f"[slurm] {what} killed: launcher exited {detected_s:.1f} s later")
-    assert code != 0 and detected_s < 60 and "[launch] FAILED" in text, text[-5000:]
-    return text[text.index("[launch] FAILED"):]
-
-
-KILL_SEED = 20        # the kill loop's random moments
-KILL_TARGETS = ["rank 1", "server", "rank 1"]  # never one node twice in a row: that stops the job (restart_refusal)
+KILL_SEED = 20        # the random moments of the long run's events
+LIMIT_MIN = 15        # the job's --time: generous, cut to "stop now" by the test at a time-limit event
+# what befalls the long run, in order, each once its current run has trained a generation step: a training process,
+# the server and a training process again SIGKILLed (restarts in the allocation; never one node twice in a row,
+# which stops the job: restart_refusal) and two time limits (requeues of the batch job)
+EVENTS = ["rank 1", "server", "time limit", "rank 1", "time limit"]
 
 
 def rank_process(job: str, rank: int) -> list[int]:
@@ -296,72 +288,9 @@ def data_order_lines(out) -> int:
     return sum(open(os.path.join(folder, n)).read().count("\n") for n in os.listdir(folder)) if os.path.isdir(folder) else 0
 
 
-def test_kill_loop_restarts_in_the_allocation_and_finishes_with_the_uninterrupted_data_order(cluster, recipe,
-                                                                                           uninterrupted, tmp_path):
-    assert uninterrupted["code"] == 0
-    out = str(tmp_path / "run")
-    args = ["--config", recipe, "--", "--output_dir", out, "--total_generation_steps", str(KILLED_STEPS)]
-
-    # 1. --max_restarts 0 (the default): rank 1's training process SIGKILLed once checkpoint-4 is written stops the
-    #    whole job within 60 s, naming what died and the checkpoint to resume from
-    launch = Launch(cluster, tmp_path, "no_restarts", *args)
-    wait_for(lambda: checkpoint_done(out, 4), 600, "checkpoint-4", launch)
-    rank1 = rank_process(launch.job(), 1)
-    assert len(rank1) == 1, job_processes(launch.job())
-    failure = kill_and_read_failure(launch, rank1[0], "training process")
-    assert "training node 1 (node2): rank 1 (local rank 0), exit code -9 (SIGKILL)" in failure, failure
-    assert f"Last checkpoint: {out}/checkpoint-" in failure and "RESTART" not in launch.output()
-    launch.assert_nothing_left()
-
-    # 2. the same command as a batch job (slurm/justrl.sbatch passes --max_restarts 3) resumes; rank 1, the server
-    #    and rank 1 again are SIGKILLed, each at a random moment after the run has made a generation step since the
-    #    last restart; the launcher restarts each time and the run finishes
-    rng = random.Random(KILL_SEED)
-    launch = Launch(cluster, tmp_path, "kill_loop", *args, batch=True)
-    lines_before = data_order_lines(out)
-    for i, target in enumerate(KILL_TARGETS, start=1):
-        if i == 1:
-            wait_for(lambda: data_order_lines(out) > lines_before, 600, "a generation step after the resume", launch)
-        else:
-            wait_for(lambda: f"[launch] restart {i - 1} cost " in launch.output(), 600, f"restart {i - 1}'s step", launch)
-        time.sleep(rng.uniform(0.0, 2.0))
-        pids = rank_process(launch.job(), 1) if target == "rank 1" else [listener(int(PORTS[1]))]
-        assert len(pids) == 1, (target, job_processes(launch.job()))
-        os.kill(pids[0], signal.SIGKILL)
-        wait_for(lambda: f"[launch] RESTART {i} of at most 3" in launch.output(), 120, f"restart {i}", launch)
-    assert launch.wait(900) == 0, launch.output()[-5000:]
-    text = launch.output()
-    restarts = re.findall(r"\[launch\] RESTART (\d) of at most 3 \(--max_restarts\): (.*)", text)
-    assert [n for n, _ in restarts] == ["1", "2", "3"], text[-5000:]
-    assert "training node 1 (node2): rank 1 (local rank 0), exit code -9 (SIGKILL)" in restarts[0][1]
-    assert restarts[1][1].startswith("the vLLM server on node3 "), restarts[1][1]
-    assert "training node 1 (node2): rank 1 (local rank 0), exit code -9 (SIGKILL)" in restarts[2][1]
-    costs = re.findall(r"\[launch\] restart (\d) cost (\d+) s from the failure seen to the first generation step "
-                       r"after the resume: stop (\d+) s, server start (\d+) s, trainer start-up to that step (\d+) s", text)
-    assert [c[0] for c in costs] == ["1", "2", "3"], text[-5000:]
-    for number, total, stop, server, trainer in costs:
-        print(f"[slurm] restart {number}: {total} s (stop {stop} s, server start {server} s, trainer start-up to its "
-              f"first generation step {trainer} s)")
-        assert int(total) >= int(stop) + int(server) + int(trainer) - 2 and int(server) > 0
-    assert "[launch] 3 restart(s)" in text and text.count("[launch] vLLM server healthy") == 4
-    # every attempt appended to the step logs; all four of this launch resumed
-    train1 = open(f"{out}/logs/train1-node2.log").read()
-    assert [int(n) for n in re.findall(r"^\[launch\] attempt (\d+), ", train1, re.M)] == [1, 1, 2, 3, 4]
-    assert open(f"{out}/logs/train0-node1.log").read().count("[resume] from") == 4
-    launch.assert_nothing_left()
-    assert json.load(open(os.path.join(out, "summary.json")))["global_step"] == 2 * KILLED_STEPS
-
-    # the launches together drew the uninterrupted run's prompts, step for step, on every rank
-    reference = data_order(uninterrupted["out"])
-    resumed_orders = data_order(out)
-    assert sorted(resumed_orders) == [0, 1]
-    for rank, steps in resumed_orders.items():
-        assert sorted(steps) == sorted(reference[rank])[:KILLED_STEPS]
-        assert steps == {step: reference[rank][step] for step in steps}
-
-
-REQUEUED_STEPS = 8    # generation steps of the two-requeue run: each of its three runs trains at least one
-LIMIT_MIN = 15        # the job's --time: generous, cut to "stop now" by the test once a run has trained a step
+def resumed_runs(text: str) -> int:
+    """How many restarts and requeues of the job's output were followed by a generation step (their cost lines)."""
+    return len(re.findall(r"^\[(?:launch\] restart \d cost|requeue\] restart \d of job) ", text, re.M))
 
 
 def job_state(env, job: str) -> dict[str, str]:
@@ -376,59 +305,101 @@ def set_time_limit(env, job: str, minutes: int) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def rank0_steps(out) -> int:
-    path = os.path.join(out, "data_order", "rank0.jsonl")
-    return open(path).read().count("\n") if os.path.exists(path) else 0
-
-
-def test_time_limit_requeues_twice_and_finishes_with_the_uninterrupted_data_order(cluster, recipe, uninterrupted,
-                                                                                   tmp_path):
-    """A batch job with a 15-minute limit; each time its current run has trained a generation step, the test cuts
-    the job's real Slurm TimeLimit (`scontrol update`) so that the launcher's stop (--stop_margin_s 180 before it) is
-    due now; the launcher, re-reading the limit every 2 s, has training save and stop, and requeues the job; the test
-    gives the requeued job its 15 minutes back (a requeued job keeps the limit it had). Two requeues, then the run
-    finishes with the uninterrupted run's data order."""
+def test_kills_and_time_limits_in_one_run_restart_requeue_and_finish_with_the_uninterrupted_data_order(
+        cluster, recipe, uninterrupted, tmp_path):
+    """One batch job (slurm/justrl.sbatch: --max_restarts 3, --requeue) of 12 generation steps meets EVENTS, each at a
+    seeded random moment after its current run has drawn a generation step (the first after checkpoint-4, so that every
+    restart and requeue resumes from a checkpoint). A kill: the launcher stops every step, starts a fresh server and
+    resumes every trainer in the same allocation. A time limit: the test cuts the job's real Slurm TimeLimit (`scontrol
+    update`) so that the launcher's stop (--stop_margin_s 180 before it, the limit re-read every 2 s) is due now;
+    training saves and stops, the launcher requeues the job, and the test gives the requeued job its 15 minutes back (a
+    requeued job keeps the limit it had). The run finishes with the data order of the uninterrupted run, every rank,
+    step for step."""
     assert uninterrupted["code"] == 0
     out = str(tmp_path / "run")
-    launch = Launch(cluster, tmp_path, "requeued", "--stop_margin_s", "180", "--time_limit_read_s", "2", "--config",
-                    recipe, "--", "--output_dir", out, "--total_generation_steps", str(REQUEUED_STEPS), batch=True,
+    launch = Launch(cluster, tmp_path, "long_run", "--stop_margin_s", "180", "--time_limit_read_s", "2", "--config",
+                    recipe, "--", "--output_dir", out, "--total_generation_steps", str(KILLED_STEPS), batch=True,
                     time_min=LIMIT_MIN)
     job = launch.job()
-    steps_before = 0
-    for restart in (1, 2):
-        wait_for(lambda: rank0_steps(out) > steps_before, 600, f"a generation step in run {restart}", launch)
-        elapsed = sum(int(x) * 60 ** i for i, x in enumerate(reversed(job_state(cluster, job)["RunTime"].split(":"))))
-        # stop due now (limit - 180 s <= elapsed) and Slurm's own end >= 2 min away (the save fits before it)
-        set_time_limit(cluster, job, -(-(elapsed + 120) // 60))
-        wait_for(lambda: job_state(cluster, job).get("Restarts") == str(restart), 300, f"requeue {restart}", launch)
-        set_time_limit(cluster, job, LIMIT_MIN)
-        steps_before = rank0_steps(out)  # the stopped run's trainers have exited: the next line is the next run's
+    rng = random.Random(KILL_SEED)
+    requeues = 0
+    for i, event in enumerate(EVENTS):
+        if i == 0:  # from a checkpoint on, every restart and requeue resumes from one
+            wait_for(lambda: checkpoint_done(out, 4), 600, "checkpoint-4", launch)
+        else:
+            wait_for(lambda: resumed_runs(launch.output()) >= i, 600, f"a generation step before event {i + 1}",
+                     launch)
+        time.sleep(rng.uniform(0.0, 2.0))
+        if event == "time limit":
+            elapsed = sum(int(x) * 60 ** k for k, x in enumerate(reversed(job_state(cluster, job)["RunTime"].split(":"))))
+            # stop due now (limit - 180 s <= elapsed) and Slurm's own end >= 2 min away (the save fits before it)
+            set_time_limit(cluster, job, -(-(elapsed + 120) // 60))
+            requeues += 1
+            wait_for(lambda: job_state(cluster, job).get("Restarts") == str(requeues), 300, f"requeue {requeues}",
+                     launch)
+            set_time_limit(cluster, job, LIMIT_MIN)
+            continue
+        restarts = launch.output().count("[launch] RESTART ")
+        pids = rank_process(job, 1) if event == "rank 1" else [listener(int(PORTS[1]))]
+        assert len(pids) == 1, (event, job_processes(job))
+        os.kill(pids[0], signal.SIGKILL)
+        killed_at = time.time()
+        wait_for(lambda: launch.output().count("[launch] RESTART ") > restarts, 120, f"the restart after {event}",
+                 launch)
+        seen_s = time.time() - killed_at
+        print(f"[slurm] {event} killed: every step stopped and the restart announced {seen_s:.1f} s later")
+        assert seen_s < 60  # a dead rank or server never leaves the others waiting on a collective
     assert launch.wait(900) == 0, launch.output()[-5000:]
     final = job_state(cluster, job)
     assert (final["JobState"], final["ExitCode"], final["Restarts"]) == ("COMPLETED", "0:0", "2"), final
     text = launch.output()
-    assert text.count("[launch] vLLM server healthy") == 3, text[-5000:]
-    costs = re.findall(r"\[requeue\] restart (\d) of job (\d+): (\d+) s from the stop request to the first new "
-                       r"generation step: save (\d+) s .*, pending (\d+) s, start-up (\d+) s .*, resume (\d+) s", text)
-    assert [(c[0], c[1]) for c in costs] == [("1", job), ("2", job)], text[-5000:]
-    for number, _, total, save, pending, startup, resume in costs:
+
+    # the kills: three restarts in the allocation (the requeued job's launcher counts its own), each cause named
+    restarts = re.findall(r"\[launch\] RESTART (\d) of at most 3 \(--max_restarts\): (.*)", text)
+    assert [n for n, _ in restarts] == ["1", "2", "1"], text[-5000:]
+    assert "training node 1 (node2): rank 1 (local rank 0), exit code -9 (SIGKILL)" in restarts[0][1]
+    assert restarts[1][1].startswith("the vLLM server on node3 "), restarts[1][1]
+    assert "training node 1 (node2): rank 1 (local rank 0), exit code -9 (SIGKILL)" in restarts[2][1]
+    costs = re.findall(r"\[launch\] restart (\d) cost (\d+) s from the failure seen to the first generation step "
+                       r"after the resume: stop (\d+) s, server start (\d+) s, trainer start-up to that step (\d+) s", text)
+    assert [c[0] for c in costs] == ["1", "2", "1"], text[-5000:]
+    for number, total, stop, server, trainer in costs:
+        print(f"[slurm] restart {number}: {total} s (stop {stop} s, server start {server} s, trainer start-up to its "
+              f"first generation step {trainer} s)")
+        assert int(total) >= int(stop) + int(server) + int(trainer) - 2 and int(server) > 0
+
+    # the time limits: two requeues, each with its cost, each stop saving a later checkpoint
+    requeued = re.findall(r"\[requeue\] restart (\d) of job (\d+): (\d+) s from the stop request to the first new "
+                          r"generation step: save (\d+) s .*, pending (\d+) s, start-up (\d+) s .*, resume (\d+) s", text)
+    assert [(c[0], c[1]) for c in requeued] == [("1", job), ("2", job)], text[-5000:]
+    for number, _, total, save, pending, startup, resume in requeued:
         print(f"[slurm] requeue {number}: {total} s (save {save} s, pending {pending} s, start-up {startup} s, "
               f"resume {resume} s)")
         assert abs(int(total) - int(save) - int(pending) - int(startup) - int(resume)) <= 2 and int(pending) > 0
-    # each run trained: the two stops saved at later and later steps, before the last
     with open(os.path.join(out, "requeue.jsonl")) as f:
         stops = [r for r in map(json.loads, f) if "requeued" in r]
     saved = [int(r["checkpoint"].rsplit("-", 1)[1]) for r in stops]
-    assert len(saved) == 2 and 0 < saved[0] < saved[1] < 2 * REQUEUED_STEPS, stops
-    assert json.load(open(os.path.join(out, "summary.json")))["global_step"] == 2 * REQUEUED_STEPS
+    assert len(saved) == 2 and 0 < saved[0] < saved[1] < 2 * KILLED_STEPS, stops
+
+    # one server per attempt: the first, three restarts, two requeues; every step's log appended per attempt, and
+    # every attempt after the first resumed
+    assert text.count("[launch] vLLM server healthy") == 6, text[-5000:]
+    train1 = open(f"{out}/logs/train1-node2.log").read()
+    assert [int(n) for n in re.findall(r"^\[launch\] attempt (\d+), ", train1, re.M)] == [1, 2, 3, 1, 2, 1]
+    announced = re.findall(r"(?:every trainer resumes from|\); it resumes from) (\S+)", text)
+    assert re.findall(r"^\[resume\] from (\S+)", open(f"{out}/logs/train0-node1.log").read(), re.M) == announced
+    assert len(announced) == 5 and all(c.startswith(f"{out}/checkpoint-") for c in announced), announced
     launch.assert_nothing_left()
+    assert json.load(open(os.path.join(out, "summary.json")))["global_step"] == 2 * KILLED_STEPS
+
+    # the attempts together drew the uninterrupted run's prompts, step for step, on every rank (a step redone after
+    # a kill drew the same rows: data_order checks it)
     reference = data_order(uninterrupted["out"])
     orders = data_order(out)
     assert sorted(orders) == [0, 1]
     for rank, steps in orders.items():
-        assert steps == {step: reference[rank][step] for step in sorted(reference[rank])[:REQUEUED_STEPS]}
-    for rank in (0, 1):  # no step drawn twice: the three runs appended each step once
-        assert open(os.path.join(out, "data_order", f"rank{rank}.jsonl")).read().count("\n") == REQUEUED_STEPS
+        assert sorted(steps) == sorted(reference[rank])[:KILLED_STEPS]
+        assert steps == {step: reference[rank][step] for step in steps}
 
 
 def test_server_that_exits_at_start_or_never_gets_healthy_stops_the_launcher(cluster, recipe, tmp_path):

@@ -5,17 +5,17 @@
 vLLM 0.31 runs a dense model's data-parallel ranks as independent engines behind one API server: both engines serve
 requests, the server reports tp x dp workers to TRL's client (/get_world_size), and a weight reload through
 /collective_rpc (cpu_vllm.py's sync) reaches every engine: the same greedy prompt, sent 16 times at once, gives one
-answer before the reload and one other answer after it, from both engines each time.
+answer before the reload and one other answer after it, from both engines each time. Stopped by its process group,
+it leaves no engine core behind.
 """
 
 import collections
 import concurrent.futures
-import subprocess
+import time
 
 import pytest
 
-from conftest import ROOT
-from test_vllm import ENV, free_port, needs_vllm, stop_group, wait_healthy
+from test_vllm import alive, descendants, free_port, needs_vllm, start_server, stop_group
 
 pytestmark = [needs_vllm, pytest.mark.slow]
 
@@ -24,15 +24,10 @@ pytestmark = [needs_vllm, pytest.mark.slow]
 def dp_server(tiny_assets, tmp_path_factory):
     port = free_port()
     log_path = tmp_path_factory.mktemp("dp_server") / "server.log"
-    cmd = ["trl", "vllm-serve", "--model", tiny_assets["model"], "--tensor_parallel_size", "1",
-           "--data_parallel_size", "2", "--dtype", "float32", "--enforce_eager", "true", "--host", "127.0.0.1",
-           "--port", str(port), "--no-enable-chunked-prefill", "--max_model_len", "96"]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(ENV, VLLM_CPU_KVCACHE_SPACE="1"), stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start_server(tiny_assets["model"], port, log_path, "--tensor_parallel_size", "1",
+                        "--data_parallel_size", "2", "--max_model_len", "96")
     try:
-        wait_healthy(proc, port, log_path)
-        yield f"http://127.0.0.1:{port}", tiny_assets
+        yield f"http://127.0.0.1:{port}", tiny_assets, proc, descendants(proc.pid)
     finally:
         stop_group(proc)
 
@@ -61,7 +56,7 @@ def _same_prompt_16_times(url: str, model: str) -> collections.Counter:
 
 def test_both_engines_serve_and_a_weight_reload_reaches_both(dp_server):
     import requests
-    url, assets = dp_server
+    url, assets, _, _ = dp_server
     assert requests.get(f"{url}/get_world_size", timeout=30).json() == {"world_size": 2}  # TRL's NCCL group: 2 + 1
     served = _served_per_engine(url)
     before = _same_prompt_16_times(url, assets["model"])
@@ -75,3 +70,16 @@ def test_both_engines_serve_and_a_weight_reload_reaches_both(dp_server):
     assert len(after) == 1 and after != before, (before, after)  # one engine left on the old weights would split it
     final = _served_per_engine(url)
     assert final["0"] > after_first["0"] and final["1"] > after_first["1"], final
+
+
+def test_the_server_stops_by_its_process_group_and_leaves_no_engine_core(dp_server):
+    """stop_group (how the tests and launch_slurm.py's CPU mode stop a server): the API server and both engine cores
+    are gone, none left orphaned."""
+    _, _, proc, tree = dp_server
+    assert sum("EngineCore" in p.name() for p in tree) == 2, [p.name() for p in tree]
+    stop_group(proc)
+    assert proc.returncode is not None
+    deadline = time.time() + 30  # an orphan is reparented and reaped by init: give it a moment
+    while alive(tree) and time.time() < deadline:
+        time.sleep(0.5)
+    assert alive(tree) == []
