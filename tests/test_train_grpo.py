@@ -787,7 +787,7 @@ class Probe(tg.ClipHigherGRPOTrainer):
         return result
 
 
-if os.environ.get("PROBE_TRL_ORDER"):  # TRL's micro-batches as they come: shuffled, padded to the generation's longest
+if os.environ.get("PROBE_UNPACKED"):  # TRL's micro-batches as they come: shuffled, padded to the generation's longest
     Probe._pack_updates = lambda self, micro_batches: micro_batches
     Probe._get_per_token_logps_and_entropies = tg.GRPOTrainer._get_per_token_logps_and_entropies
 tg.ClipHigherGRPOTrainer = Probe
