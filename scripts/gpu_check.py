@@ -7,7 +7,9 @@ checkpointing, AdamW. For response lengths capped at 4K, 8K and 16K (JustRL's lo
 mean = cap x 8000 / 15360) and micro-batch 1 and 2, one update of 16 responses (one process's share at 32 processes)
 runs in TRL's order (a generation of 4 updates padded to its longest response, shuffled, untrimmed) and in ours
 (grouped by length, trimmed). One JSON line per case: computed / real tokens, seconds, peak memory, real tokens/s,
-MFU against the GPU's bf16 peak (dense), and the largest gradient difference between the two orders.
+MFU against the GPU's bf16 peak (dense), and the largest gradient difference between the two orders, computed in
+float32 (autocast off; caps up to 4K only, to keep the run short): over 1e-4 of the gradient's largest value, the
+script exits 1 after printing the case (the bf16 gradients, summed in another order, are not compared).
 
 Needs torch and transformers only, no network. Where something is missing, put its wheels (and its dependencies') in
 scripts/wheels/ or pass --wheels DIR: `pip install --no-index --find-links DIR` installs them first.
@@ -28,6 +30,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GRADIENT_RTOL = 1e-4  # float32 gradients of TRL's micro-batches and ours: max |difference| / max |value|, per tensor
+FP32_CHECK_CAP = 4096  # response caps up to this one also run the update in float32 for the gradient comparison
 # DeepSeek-R1-Distill-Qwen-1.5B's config.json (a Qwen2.5-Math-1.5B body)
 R1_DISTILL_1_5B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                        num_key_value_heads=2, vocab_size=151936, rope_theta=10000.0, max_position_embeddings=131072,
@@ -97,8 +101,9 @@ def completion_logps(model, mb, chunk=4096):
                       for i in range(0, c, chunk)], 1)
 
 
-def run_update(model, micro_batches, policy_loss, device):
-    """Gradient of one update (bf16 autocast, token mean over the update); returns seconds and peak bytes."""
+def run_update(model, micro_batches, policy_loss, device, bf16=True):
+    """Gradient of one update (bf16 autocast, or float32 with bf16=False; token mean over the update); returns seconds
+    and peak bytes."""
     import torch
 
     num_tokens = sum(mb["completion_mask"].sum() for mb in micro_batches).float()
@@ -109,7 +114,7 @@ def run_update(model, micro_batches, policy_loss, device):
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for mb in micro_batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logps = completion_logps(model, mb)
         loss, _ = policy_loss(logps, logps.detach(), mb["advantages"], mb["completion_mask"], 0.2, 0.28, 10.0,
                               num_tokens=num_tokens)
@@ -117,6 +122,15 @@ def run_update(model, micro_batches, policy_loss, device):
     if cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - start, torch.cuda.max_memory_allocated() if cuda else None
+
+
+def fp32_difference(model, trl, ours, policy_loss, device):
+    """Largest per-tensor max |difference| / max |value| between the float32 gradients of the two orders."""
+    grads = []
+    for mbs in (trl, ours):
+        run_update(model, mbs, policy_loss, device, bf16=False)
+        grads.append([p.grad.detach().clone() for p in model.parameters()])
+    return max(float((a - b).abs().max() / b.abs().max().clamp(min=1e-30)) for a, b in zip(grads[1], grads[0]))
 
 
 def flops(config, micro_batches):
@@ -180,7 +194,6 @@ def main():
             trl = [{k: v[i:i + micro] for k, v in gen.items()} for i in range(0, args.per_update, micro)]  # update 0
             ours = packing.regroup_update(trl)
             result = {"response_cap": cap, "micro_batch": micro, "responses": args.per_update}
-            grads = {}
             for name, mbs in (("trl", trl), ("ours", ours)):
                 seconds, peak_bytes = run_update(model, mbs, policy_loss, device)
                 real = sum(packing.token_counts(mb)[0] for mb in mbs)
@@ -189,17 +202,18 @@ def main():
                                 "peak_memory_gib": None if peak_bytes is None else round(peak_bytes / 2 ** 30, 2),
                                 "real_tokens_per_s": round(real / seconds), "model_tflops": flops(config, mbs) / 1e12,
                                 "mfu": None if peak is None else round(flops(config, mbs) / seconds / (peak * 1e12), 4)}
-                grads[name] = [p.grad.detach().clone() for p in model.parameters()]
             result["time_ratio_trl_over_ours"] = round(result["trl"]["seconds"] / result["ours"]["seconds"], 3)
-            result["gradient_max_rel_difference"] = max(float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
-                                                        for a, b in zip(grads["ours"], grads["trl"]))
-            del grads
+            difference = fp32_difference(model, trl, ours, policy_loss, device) if cap <= FP32_CHECK_CAP else None
+            result["fp32_gradient_max_rel_difference"] = difference
             start = time.perf_counter()
             optimizer.step()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             result["optimizer_step_s"] = round(time.perf_counter() - start, 3)
             print(json.dumps(result), flush=True)
+            if difference is not None and difference > GRADIENT_RTOL:
+                raise SystemExit(f"response cap {cap}, micro-batch {micro}: the float32 gradients of TRL's "
+                                 f"micro-batches and ours differ by more than {GRADIENT_RTOL} of their largest value")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""launch_slurm.py: node roles, rendezvous and the commands each node runs (dry mode)."""
+"""launch_slurm.py: node roles, rendezvous, the commands each node runs (dry mode) and the inputs it refuses."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import launch_slurm as ls
-from conftest import ROOT
+from conftest import ROOT, require
 
 
 def test_expand_nodelist_reads_slurm_ranges_padding_and_plain_names():
@@ -30,10 +30,10 @@ def test_expand_nodelist_keeps_suffixes_and_multiplies_several_bracket_groups():
         ls._expand_hostlist("gpu[a-b]")
 
 
-@pytest.mark.skipif(shutil.which("scontrol") is None, reason="Slurm's scontrol not installed")
 def test_the_parser_expands_as_scontrol_does(tmp_path):
     """Where this Slurm's scontrol accepts a list, both give the same hosts (Slurm 22.05 refuses suffixes after a
     bracket, "gpu[01-02]-ib", which newer releases accept: expand_nodelist falls back to the parser for those)."""
+    require(shutil.which("scontrol") is not None, "Slurm's scontrol (bash scripts/slurm_local.sh install)")
     conf = tmp_path / "slurm.conf"
     conf.write_text("ClusterName=parse\nSlurmctldHost=localhost\n")  # scontrol wants a config even to expand
     compared = 0
@@ -221,6 +221,18 @@ def test_missing_config_and_unknown_accelerate_config_fail_before_anything_runs(
     out = _dry_run("--config", "recipes/tiny.yaml", "--nodes", "a,b", "--accelerate_config", "zero9.yaml", "--dry_run")
     assert out.returncode != 0 and "--accelerate_config zero9.yaml: no such file" in out.stderr
     assert "zero3.yaml" in out.stderr  # it lists the ones that exist
+
+
+def test_every_shipped_accelerate_config_passes():
+    for name in sorted(os.listdir(os.path.join(ROOT, "accelerate_configs"))):
+        ls.check_accelerate_config(os.path.join(ROOT, "accelerate_configs", name))
+
+
+def test_a_yaml_file_that_is_no_accelerate_config_is_refused(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("model_name_or_path: x\n")
+    with pytest.raises(SystemExit, match=r"recipe\.yaml: not an Accelerate config \(no distributed_type key\)"):
+        ls.check_accelerate_config(str(path))
 
 
 def test_allocation_gpus_reads_slurm_s_environment(monkeypatch):

@@ -285,6 +285,56 @@ def test_tool_outputs_are_masked_out_of_the_loss_as_trl_does(tokenizer, tmp_path
     assert trainer._compute_loss(trainer.model, unmasked).item() != pytest.approx(loss, rel=1e-3)  # the mask matters
 
 
+# Old-policy ratios r = pi / pi_old per token, rows as literal_batch's (lengths 4, 1, 3, 2, 4, 2, 1, 3; advantages
+# 1, -0.5, 0.25, -1, 0.5, -0.25, 1.5, -1.5). With eps 0.2 / 0.28 and delta 10, A > 0: 1.5, 1.3, 2.0, 1.4, 3.0 are
+# clipped high, 0.5, 0.7 are not clipped; A < 0: 0.5, 0.75, 0.6 are clipped low, 20, 12, 11 dual-clipped at 10.
+OLD_POLICY_RATIOS = [[1.1, 1.5, 0.5, 1.0], [20.0, 1.0, 1.0, 1.0], [1.3, 0.9, 2.0, 1.0], [0.5, 2.0, 1.0, 1.0],
+                     [0.7, 1.2, 1.4, 3.0], [12.0, 0.75, 1.0, 1.0], [0.95, 1.0, 1.0, 1.0], [1.5, 0.6, 11.0, 1.0]]
+# The vLLM importance-sampling weight in TRL's two shapes, as each of its modes leaves it (clip_max 3, clip_min
+# None): per token (B, T), or one per sequence (B, 1); truncated at 3, or 0 where the mask drops it.
+IS_WEIGHTS = {
+    "token_truncate": [[0.9, 3.0, 1.2, 1.0], [0.4, 1.0, 1.0, 1.0], [1.1, 3.0, 0.8, 1.0], [2.5, 0.7, 1.0, 1.0],
+                       [1.0, 0.6, 3.0, 1.3], [0.9, 1.6, 1.0, 1.0], [3.0, 1.0, 1.0, 1.0], [0.5, 1.2, 2.2, 1.0]],
+    "token_mask": [[0.9, 0.0, 1.2, 1.0], [0.4, 1.0, 1.0, 1.0], [1.1, 0.0, 0.8, 1.0], [2.5, 0.7, 1.0, 1.0],
+                   [1.0, 0.6, 0.0, 1.3], [0.9, 1.6, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0], [0.5, 1.2, 2.2, 1.0]],
+    "sequence_truncate": [[0.9], [3.0], [1.4], [0.6], [3.0], [1.1], [0.3], [2.0]],
+    "sequence_mask": [[0.9], [0.0], [1.4], [0.6], [0.0], [1.1], [0.3], [2.0]]}
+
+
+@pytest.mark.parametrize("mode", list(IS_WEIGHTS))
+def test_update_equals_trls_with_old_policy_logps_and_the_vllm_importance_weight(tokenizer, tmp_path, mode):
+    """JustRL's clip (eps 0.2 / 0.28, delta 10), one optimizer update per generation (2 micro-batches of 4; there
+    TRL's "dapo" normaliser is the update's token count, as ours), old-policy log-probs at OLD_POLICY_RATIOS from the
+    current ones (every clip region binds somewhere) and TRL's vLLM importance weight in `mode`'s shape: the update's
+    loss and gradient from this trainer (packed micro-batches, policy_loss) equal TRL 1.16's GRPOTrainer._compute_loss
+    on TRL's own micro-batches, to float32 rounding."""
+    from trl import GRPOTrainer
+
+    trainer = tiny_trainer(tokenizer, tmp_path, delta=10.0, gradient_accumulation_steps=2, steps_per_generation=2,
+                           vllm_importance_sampling_mode=mode)
+    trainer.use_vllm = True  # as a trainer generating with vLLM (building one needs vLLM); the loss reads this flag
+    assert trainer.vllm_importance_sampling_correction  # TRL's default
+    batch, params = literal_batch(), list(trainer.model.parameters())
+    with torch.no_grad():
+        old = completion_logps(trainer, batch) - torch.log(torch.tensor(OLD_POLICY_RATIOS))
+    batch.update(old_per_token_logps=old, importance_sampling_ratio=torch.tensor(IS_WEIGHTS[mode]))
+    del batch["ref_per_token_logps"]  # beta 0, as JustRL
+    trl_parts = micro_batches(batch, 4, num_items_in_batch=batch["completion_mask"].sum())
+    ours = trainer._pack_updates([dict(mb) for mb in trl_parts])
+    trainer._count_update_tokens(ours)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 2
+    results = []
+    for compute_loss, parts in ((GRPOTrainer._compute_loss, trl_parts), (type(trainer)._compute_loss, ours)):
+        loss = sum(compute_loss(trainer, trainer.model, mb) for mb in parts)
+        results.append((loss, torch.autograd.grad(loss, params)))
+    (trl_loss, trl_grad), (loss, grad) = results
+    torch.testing.assert_close(loss, trl_loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, trl_grad, rtol=1e-6, atol=1e-6)
+    clipped = {k: sum(trainer._metrics["train"][f"clip_ratio/{k}"]) for k in ("low", "high", "dual")}  # ours
+    assert all(v > 0 for v in clipped.values()), clipped  # the low, high and dual clips all bound
+
+
 def test_update_token_counts_leave_out_tool_outputs():
     """An update's token count is TRL's loss mask, completion_mask x tool_mask: 2 + 3 of 9 response tokens here."""
     batches = [{"prompt_mask": torch.ones(2, 1), "completion_mask": torch.tensor([[1, 1, 0], [1, 0, 0]]),
@@ -737,7 +787,7 @@ class Probe(tg.ClipHigherGRPOTrainer):
         return result
 
 
-if os.environ.get("PROBE_TRL_ORDER"):  # TRL's micro-batches as they come: shuffled, padded to the generation's longest
+if os.environ.get("PROBE_UNPACKED"):  # TRL's micro-batches as they come: shuffled, padded to the generation's longest
     Probe._pack_updates = lambda self, micro_batches: micro_batches
     Probe._get_per_token_logps_and_entropies = tg.GRPOTrainer._get_per_token_logps_and_entropies
 tg.ClipHigherGRPOTrainer = Probe
