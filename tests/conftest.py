@@ -20,6 +20,27 @@ def require(available: bool, what: str) -> None:
         (pytest.fail if IN_CI else pytest.skip)(f"{what} (CI=true: every optional path must run)")
 
 
+# CI runs the suite on two workers (pytest-xdist, `-n 2 --dist loadgroup --no-loadscope-reorder`): most of its time
+# is start-ups (a vLLM server, torchrun, a Slurm job) that leave a core idle. A work unit is a whole test file, so a
+# module's fixtures (a cluster, a server, a run) are built once; the files sharing the session's vLLM server are one
+# unit, as are the two that start a Slurm cluster. Units go out longest first (by their times in the README), so the
+# quick files fill the end and both workers finish together.
+LONGEST_FIRST = [("test_slurm.py", "test_slurm_gpus.py"), ("test_collectives.py", "test_vllm.py"), ("test_real_model.py",),
+                 ("test_train_grpo.py",), ("test_validation.py",), ("test_vllm_dp.py",), ("test_update_packing.py",),
+                 ("test_vllm_cpu.py",), ("test_stages.py",), ("test_eval.py",), ("test_faults.py",), ("test_sandbox.py",)]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which names each test's group
+def pytest_collection_modifyitems(config, items):
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # a plain run keeps the files' order
+        return
+    rank = {name: i for i, unit in enumerate(LONGEST_FIRST) for name in unit}
+    for item in items:
+        name = os.path.basename(str(item.fspath))
+        item.add_marker(pytest.mark.xdist_group("+".join(LONGEST_FIRST[rank[name]]) if name in rank else name))
+    items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(LONGEST_FIRST)))  # stable
+
+
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory):
     """tiny.py's warm-started model, tokenizer and data, built once per test session (~30 s on 2 cores)."""

@@ -179,7 +179,8 @@ def test_timeout_is_a_failure():
 @needs_sandbox
 def test_timeout_in_one_case_only_costs_that_case():
     code = "a, b = map(int, input().split())\nif a == 0:\n    while True: pass\nprint(a + b)"
-    assert cr.code_reward(fenced(code), ADD_STDIO, mode="fraction", timeout_s=0.5) == 2 / 3
+    # 3 s: the two quick cases must finish inside it on a busy machine (CI runs two test workers on 2 cores)
+    assert cr.code_reward(fenced(code), ADD_STDIO, mode="fraction", timeout_s=3.0) == 2 / 3
 
 
 def test_no_code_block_scores_zero_without_running_anything(monkeypatch):
