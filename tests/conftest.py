@@ -20,12 +20,11 @@ def require(available: bool, what: str) -> None:
         (pytest.fail if IN_CI else pytest.skip)(f"{what} (CI=true: every optional path must run)")
 
 
-# CI runs the suite on two workers (pytest-xdist: `-n 2 --dist loadgroup --no-loadscope-reorder`): most of its time
-# is start-ups (a vLLM server, torchrun, a Slurm job) that leave a core idle. The tests go out one at a time, longest
-# files first (by their times in the README, Slurm's first), so that the quick files fill the end and both workers
-# finish together. Each test is its own unit: xdist 3.8's groups do not apply under pytest 9 (it renames a test's
-# `_nodeid`, which pytest 9 no longer reads), so a module's fixtures may be built on both workers (measured: the
-# Slurm tests' uninterrupted run twice); `--dist loadfile` would keep a file on one worker (not yet measured).
+# CI runs the suite on two workers (pytest-xdist: `-n 2 --dist loadfile --no-loadscope-reorder`): most of its time
+# is start-ups (a vLLM server, torchrun, a Slurm job) that leave a core idle. A work unit is a whole test file, so a
+# module's fixtures (a cluster, a run, an engine) are built once; files go out longest first (by their times in the
+# README, Slurm's first), so that the quick files fill the end and both workers finish together. (xdist 3.8's
+# `--dist loadgroup` groups do not apply under pytest 9: it renames a test's `_nodeid`, which pytest 9 no longer reads.)
 LONGEST_FIRST = ["test_slurm.py", "test_slurm_gpus.py", "test_collectives.py", "test_vllm.py", "test_real_model.py",
                  "test_train_grpo.py", "test_validation.py", "test_vllm_dp.py", "test_update_packing.py",
                  "test_vllm_cpu.py", "test_stages.py", "test_eval.py", "test_faults.py", "test_sandbox.py"]
