@@ -73,7 +73,7 @@ def test_both_engines_serve_and_a_weight_reload_reaches_both(dp_server):
 
 
 def test_the_server_stops_by_its_process_group_and_leaves_no_engine_core(dp_server):
-    """stop_group (how the tests and launch_slurm.py's CPU mode stop a server): the API server and both engine cores
+    """stop_group (how the tests stop a server, SIGTERM to its process group): the API server and both engine cores
     are gone, none left orphaned."""
     _, _, proc, tree = dp_server
     assert sum("EngineCore" in p.name() for p in tree) == 2, [p.name() for p in tree]
