@@ -25,6 +25,15 @@ def require(available: bool, what: str) -> None:
 # module's fixtures (a cluster, a run, an engine) are built once; files go out longest first (by their times in the
 # README, Slurm's first), so that the quick files fill the end and both workers finish together. (xdist 3.8's
 # `--dist loadgroup` groups do not apply under pytest 9: it renames a test's `_nodeid`, which pytest 9 no longer reads.)
+#
+# Each worker computes on one thread (and so do the processes it starts, unless a test sets its own count): two workers
+# on two cores then never run more compute threads than cores. With torch's default (a thread per core) in both workers,
+# a parallel op waits for its descheduled second thread. The results do not depend on it: the real model's learning
+# test printed the same accuracies on one thread as on two (held-out 0.1125 -> 0.3000, rollouts 0.0312 -> 0.2188).
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:  # a plugin imported it before this file: set the live pool too
+        sys.modules["torch"].set_num_threads(1)
 LONGEST_FIRST = ["test_slurm.py", "test_slurm_gpus.py", "test_collectives.py", "test_vllm.py", "test_real_model.py",
                  "test_train_grpo.py", "test_validation.py", "test_vllm_dp.py", "test_update_packing.py",
                  "test_vllm_cpu.py", "test_stages.py", "test_eval.py", "test_faults.py", "test_sandbox.py"]
