@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from conftest import ROOT
-from grpo import validation as val
+from reasonrl.trainer import validation as val
 from test_vllm import needs_vllm  # the `server` fixture (conftest.py): one `trl vllm-serve` for the session
 
 # ---------------------------------------------------------------- pure parts

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from grpo.requeue import clear_stop_request, request_stop, stop_callback, stop_path
+from reasonrl.trainer.requeue import clear_stop_request, request_stop, stop_callback, stop_path
 from launch_slurm import TimeLimit, run_finished, slurm_seconds, stop_margin_s
 
 
