@@ -10,10 +10,10 @@ import os
 import pytest
 import yaml
 
-from reasonrl.run import data
 import eval as ev
 import stages
 import train_grpo as tg
+from reasonrl.run import data
 from reasonrl.run.config import ScriptArguments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

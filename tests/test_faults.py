@@ -16,8 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-from reasonrl.trainer.faults import bound_requests, time_limited
 from conftest import ROOT
+from reasonrl.trainer.faults import bound_requests, time_limited
 
 HANG_REWARD = '''
 import os

@@ -15,11 +15,11 @@ import pytest
 import torch
 import yaml
 
-from reasonrl.run import data
-import eval as ev
-from reasonrl.demo import real_model
-import train_grpo as tg
 from conftest import IN_CI  # noqa: E402
+import eval as ev
+import train_grpo as tg
+from reasonrl.demo import real_model
+from reasonrl.run import data
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,16 +11,12 @@ import time
 import pytest
 import torch
 
-import train_grpo as tg
-
-from reasonrl.run.config import JustRLConfig
-
-from reasonrl.run.plan import NONFINITE_KEY, derive_batch, precision_plan
-
-from reasonrl.trainer.loss import policy_loss
-
-from reasonrl.trainer.trainer import ClipHigherGRPOTrainer, check_text_only, loss_mask
 from conftest import ROOT
+import train_grpo as tg
+from reasonrl.run.config import JustRLConfig
+from reasonrl.run.plan import NONFINITE_KEY, derive_batch, precision_plan
+from reasonrl.trainer.loss import policy_loss
+from reasonrl.trainer.trainer import ClipHigherGRPOTrainer, check_text_only, loss_mask
 
 RECIPES = os.path.join(ROOT, "recipes")
 
@@ -581,6 +577,29 @@ def dry_run(recipe, world, *extra):
     finally:
         ta.is_torch_bf16_gpu_available = check
 
+
+
+def test_dry_run_leaves_transformers_bf16_check_as_it_found_it(capsys):
+    """The dry run takes this machine for a bf16 GPU while it plans, and only then (plan.bf16_gpu_assumed)."""
+    import transformers.training_args as ta
+
+    check = ta.is_torch_bf16_gpu_available
+    tg.main(["--config", os.path.join(RECIPES, "justrl.yaml"), "--dry_run", "--world_size", "32"])
+    assert ta.is_torch_bf16_gpu_available is check and json.loads(capsys.readouterr().out)["derived"]
+
+
+def test_optimizer_state_saved_on_cpu_0_loads_inside_torch_load_on_cpu_only(tmp_path):
+    """A multi-process CPU run reloads its optimizer state with map_location "cpu:N", which torch.load cannot restore;
+    inside torch_load_on_cpu it loads on "cpu", and torch.load is torch's own again after the block."""
+    from reasonrl.trainer.trainer import torch_load_on_cpu
+
+    path, device, load = tmp_path / "optimizer.pt", torch.device("cpu", 0), torch.load
+    torch.save({"exp_avg": torch.ones(2)}, path)
+    with pytest.raises(RuntimeError, match="cpu:0"):
+        torch.load(path, map_location=device)
+    with torch_load_on_cpu(device):
+        state = torch.load(path, map_location=device)
+    assert torch.load is load and state["exp_avg"].device == torch.device("cpu")
 
 JUSTRL = {"learning_rate": 1e-6, "epsilon": 0.2, "epsilon_high": 0.28, "delta": 10.0, "beta": 0.0,
           "num_generations": 8, "temperature": 1.0, "top_p": 1.0, "weight_decay": 0.1, "max_grad_norm": 1.0,

@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, require
-from reasonrl.trainer import validation as val
 import train_grpo as tg
 from reasonrl.run.config import ScriptArguments
+from reasonrl.trainer import validation as val
 
 # ---------------------------------------------------------------- pure parts
 

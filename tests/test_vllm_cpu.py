@@ -12,11 +12,11 @@ import os
 
 import pytest
 
-import eval as ev
-from reasonrl.generation import engines as generation
-import stages
-from reasonrl.run.data import JUSTRL_SUFFIX
 from conftest import IN_CI  # noqa: E402
+import eval as ev
+import stages
+from reasonrl.generation import engines as generation
+from reasonrl.run.data import JUSTRL_SUFFIX
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

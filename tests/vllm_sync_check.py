@@ -30,10 +30,10 @@ def build_trainer(argv):
     from transformers import AutoTokenizer
     from trl import ModelConfig, TrlParser
 
+    from reward import load_reward_funcs
     from reasonrl.run.config import JustRLConfig, ScriptArguments
     from reasonrl.run.data import load_prompts
     from reasonrl.trainer.trainer import ClipHigherGRPOTrainer
-    from reward import load_reward_funcs
 
     script_args, training_args, model_args = TrlParser((ScriptArguments, JustRLConfig, ModelConfig)) \
         .parse_args_and_config(args=argv)
