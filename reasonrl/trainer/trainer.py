@@ -29,7 +29,7 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
         not logged); TRL's GRPOTrainer arguments otherwise."""
         config = kwargs.get("args")
         check_text_only(kwargs.get("processing_class"), kwargs.get("train_dataset"))
-        if uses_cpu_vllm(config):  # TRL's vLLM weight sync needs CUDA: cpu_vllm.py puts a CPU one in its place
+        if uses_cpu_vllm(config):  # TRL's vLLM weight sync needs CUDA: generation/cpu_vllm.py puts a CPU one in its place
             from reasonrl.generation.cpu_vllm import cpu_vllm_generation
         with cpu_vllm_generation(config.output_dir) if uses_cpu_vllm(config) else nullcontext():
             super().__init__(*args, **kwargs)
