@@ -24,7 +24,7 @@ Slurm's: it sets the step's CUDA_VISIBLE_DEVICES, and nothing here names a GPU. 
 --cpu_processes_per_node processes (default 1: one process already uses every core) under accelerate_configs/cpu.yaml
 (gloo; a DeepSpeed config gets --mixed_precision no), and the server runs in float32 with a KV cache of
 --cpu_kv_cache_gib GiB (vLLM's CPU backend otherwise reserves 90% of the node's memory). Weights then reach the
-server through <output_dir>/vllm_weights (cpu_vllm.py), so output_dir must be on a filesystem every node sees, as
+server through <output_dir>/vllm_weights (reasonrl/generation/cpu_vllm.py), so output_dir must be on a filesystem every node sees, as
 checkpoints already require.
 
 Faults: every job step is watched once a second. When any step exits non-zero (a killed rank, a dead node, a
@@ -71,7 +71,7 @@ import urllib.request
 
 import yaml
 
-from plan import last_checkpoint
+from reasonrl.run.plan import last_checkpoint
 
 
 def expand_nodelist(nodelist: str) -> list[str]:
@@ -209,8 +209,8 @@ def node_commands(hosts: list[str], config: str, recipe: dict, gpus_per_node: in
         serve += ["--host", "0.0.0.0", "--port", str(vllm_port)]
         max_len = recipe.get("vllm_max_model_length")
         if cpu:  # vLLM's CPU backend: the trainer's fp32 weights, a KV cache of a fixed size, not 90% of the RAM;
-            # eager: its torch.compile pass doubles a server's start-up (36 s -> 69 s for tiny.py's model)
-            # the context must hold a validation response too (grpo/validation.py)
+            # eager: its torch.compile pass doubles a server's start-up (36 s -> 69 s for reasonrl/demo/tiny.py's model)
+            # the context must hold a validation response too (reasonrl/trainer/validation.py)
             new_tokens = max(recipe.get("max_completion_length", 256), recipe.get("validation_max_new_tokens", 0)
                              if recipe.get("validation_benchmarks") else 0)
             max_len = max_len or (recipe.get("max_prompt_length", 1024) + new_tokens)
@@ -680,7 +680,7 @@ def run_finished(checkpoint: str) -> bool:
 class TimeLimit:
     """Outlive the job's time limit: `margin` seconds before it (stop_margin_s, or --stop_margin_s), or on SIGUSR1
     (`scancel --batch --signal=USR1 JOB`), ask training to save and stop at its next generation-step boundary
-    (grpo/requeue.py), wait for the trainers to exit, stop the server, and requeue the job with `scontrol requeue`
+    (reasonrl/trainer/requeue.py), wait for the trainers to exit, stop the server, and requeue the job with `scontrol requeue`
     (a batch job submitted with --requeue, as slurm/justrl.sbatch is); otherwise exit 0 saying how to resume.
     Trainers that have not exited a third of the margin (at most 60 s) before the limit are stopped: the relaunch
     resumes from the newest complete checkpoint, losing the steps since it. The requeued job (SLURM_RESTART_COUNT
@@ -717,7 +717,7 @@ class TimeLimit:
                   f"to save and stop {limit.margin_s:.0f} s before it, then the job "
                   f"{'requeues itself' if limit.requeue else 'ends (not a batch job with --requeue: relaunch to resume)'}",
                   flush=True)
-        from grpo.requeue import clear_stop_request
+        from reasonrl.trainer.requeue import clear_stop_request
         clear_stop_request(output_dir)
         return limit
 
@@ -772,7 +772,7 @@ class TimeLimit:
             self.resume = None
 
     def stop_and_requeue(self, steps: "Steps") -> None:
-        from grpo.requeue import request_stop
+        from reasonrl.trainer.requeue import request_stop
         why = "SIGUSR1" if self.signalled else f"time limit in {self.stop_at + self.margin_s - time.time():.0f} s"
         record = {"job": self.job_id, "restart": self.restarts, "why": why, "stop_requested": time.time()}
         request_stop(self.output_dir, why)

@@ -45,7 +45,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, fields
 
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -95,42 +94,9 @@ def correctness_reward(reward_funcs: list[str], reward_kwargs: dict | None) -> t
                      f"add one of {list(CORRECTNESS_REWARDS)}")
 
 
-# ---------------------------------------------------------------- the recipe, read as train_grpo.py reads it
-
-def _grpo_default(name):
-    from trl import GRPOConfig
-
-    return next(f.default for f in fields(GRPOConfig) if f.name == name)
-
-
-@dataclass
-class SamplingArgs:
-    """The recipe's rollout settings, sampled with exactly as in training (defaults are GRPOConfig's)."""
-
-    temperature: float = field(default_factory=lambda: _grpo_default("temperature"))
-    top_p: float = field(default_factory=lambda: _grpo_default("top_p"))
-    max_completion_length: int = field(default_factory=lambda: _grpo_default("max_completion_length"))
-    seed: int = field(default_factory=lambda: _grpo_default("seed"))
-
-
-def read_recipe(recipe: str, overrides: list[str] = ()):
-    """(ScriptArguments, SamplingArgs) from a recipe YAML plus train_grpo.py-style flags; other keys are ignored."""
-    from trl import TrlParser
-
-    from train_grpo import ScriptArguments
-
-    from plan import check_config_file, json_option
-
-    check_config_file(["--recipe", recipe], (ScriptArguments, SamplingArgs), flag="--recipe")
-    parser = TrlParser((ScriptArguments, SamplingArgs))
-    script, sampling, _ = parser.parse_args_and_config(["--config", recipe, *overrides], return_remaining_strings=True)
-    script.reward_kwargs = json_option(script.reward_kwargs, "reward_kwargs", '{"dapo": {"correct": 1.0}}')
-    return script, sampling
-
-
 def load_rows(args):
     """The recipe's dataset as stored, before prompt building: the rows `load_prompts`' row_id indexes."""
-    from data import load_rows as load
+    from reasonrl.run.data import load_rows as load
 
     return load(args.dataset_name, args.dataset_config, args.dataset_split)
 
@@ -209,8 +175,9 @@ def select(model: str, recipe: str, samples: int, max_pass_rate: float, out: str
     sampler(prompts, n, sampling) yields (prompt index, n completion texts); default: eval_sampler."""
     from transformers import AutoTokenizer
 
+    from reasonrl.run.config import read_recipe  # the recipe, read as train_grpo.py reads it
+    from reasonrl.run.data import load_prompts
     from reward import load_reward_funcs
-    from data import load_prompts
 
     script, sampling_args = read_recipe(recipe, list(recipe_args))
     if dataset_name:
@@ -246,7 +213,7 @@ def counts_path_of(out: str) -> str:
 
 def load_chain(path: str) -> dict:
     """The chain YAML, checked: unknown keys, missing keys and duplicate stage names fail naming the key."""
-    from plan import check_config_file
+    from reasonrl.run.plan import check_config_file
 
     chain = check_config_file(["--chain", path], (), flag="--chain")
     unknown = set(chain) - CHAIN_KEYS

@@ -33,7 +33,7 @@ CACHE = os.path.join(".cache", "verl")
 
 def fetch_verl_source(cache_dir: str = CACHE) -> str:
     """The text of veRL 0.4.0's math_dapo.py, read from its wheel (downloaded into cache_dir once)."""
-    from real_model import download_wheel
+    from reasonrl.demo.real_model import download_wheel
 
     wheel_path = download_wheel(PACKAGE, "verl-0.4.0-*.whl", cache_dir)
     with open(wheel_path, "rb") as f:

@@ -1,7 +1,7 @@
 """Rollout speed for a recipe's settings: transformers' generate against vLLM, on this machine.
 
 Both generate one GRPO generation step: the recipe's first `prompts_per_step` training prompts (JustRL's prompt
-through the model's chat template, as train_grpo.load_prompts builds them), `num_generations` samples each, at the
+through the model's chat template, as reasonrl/run/data.py's load_prompts builds them), `num_generations` samples each, at the
 recipe's temperature and top_p, up to `max_completion_length` new tokens; the same prompt token ids go to both.
 transformers: one padded `generate` call with num_return_sequences, as TRL's non-vLLM path does. vLLM: one
 `LLM.generate` with n samples per prompt, as TRL's colocate mode does, with generation.vllm_engine_kwargs' settings
@@ -23,7 +23,7 @@ def recipe_settings(config: str) -> dict:
     """The recipe's rollout settings, read as train_grpo.py reads them (same parser, same defaults)."""
     from trl import TrlParser
 
-    from train_grpo import JustRLConfig, ScriptArguments
+    from reasonrl.run.config import JustRLConfig, ScriptArguments
     from trl import ModelConfig
 
     script, training, model = TrlParser((ScriptArguments, JustRLConfig, ModelConfig)).parse_args_and_config(
@@ -36,12 +36,12 @@ def recipe_settings(config: str) -> dict:
 def prompt_ids(settings: dict) -> list[list[int]]:
     from transformers import AutoTokenizer
 
-    from data import load_prompts
+    from reasonrl.run.data import load_prompts
 
     script = settings["script"]
     if script.prepare_assets:
-        from train_grpo import _import_function
-        _import_function(script.prepare_assets, "prepare_assets")(**(script.prepare_kwargs or {}))
+        from reasonrl.run.plan import import_function
+        import_function(script.prepare_assets, "prepare_assets")(**(script.prepare_kwargs or {}))
     tokenizer = AutoTokenizer.from_pretrained(settings["model"])
     rows, _ = load_prompts(script, tokenizer)
     return [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)
@@ -80,7 +80,7 @@ def bench_vllm(settings: dict, prompts: list[list[int]], steps: int) -> dict:
     from vllm import LLM, SamplingParams
 
     import eval as ev
-    from generation import vllm_engine_kwargs
+    from reasonrl.generation.engines import vllm_engine_kwargs
 
     args = ev.EvalArgs(seed=settings["seed"], max_model_len=max(map(len, prompts)) + settings["max_new_tokens"])
     start = time.perf_counter()

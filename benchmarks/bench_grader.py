@@ -1,4 +1,4 @@
-"""Accuracy and speed of grading.grade() against math-verify's defaults and a JustRL-like rule.
+"""Accuracy and speed of grader.grade() against math-verify's defaults and a JustRL-like rule.
 
 The labelled set, tests/fixtures/grading/labelled.jsonl, is hand-written: one JSON line per case
 {response, reference, label, note}, references taken from the nine benchmarks' real answers, and a
@@ -13,7 +13,7 @@ cent", "4 percentage points") against "35\\%", a reference written as a mixed nu
 "2 \\frac{3}{4}", "3\\ 1/4"), and one subscripted symbol spelt two ways ({v}_{0} / v_0, m_{\\rm e} / m_e, v_0{}^2).
 
 Graders compared:
-  grade        grading.grade (this project)
+  grade        grader.grade (this project)
   math-verify  math_verify.verify(parse(gold), parse(response)), default configs, where gold is the
                reference wrapped in $...$ unless it already has $ or \\boxed (unwrapped, it reads "1,-2" as 1)
   justrl-like  last \\boxed{}; Hendrycks strip_string equality (plus its "x=" drop) OR sympy
@@ -36,7 +36,7 @@ import sympy
 from latex2sympy2_extended.latex2sympy2 import latex2sympy
 from math_verify import parse, verify
 
-from grading import extract_answer, grade, grade_many, strip_string, unwrap_reference
+from reasonrl.grading.grader import extract_answer, grade, grade_many, strip_string, unwrap_reference
 
 LABELLED = Path(__file__).parent.parent / "tests" / "fixtures" / "grading" / "labelled.jsonl"
 REASONING = (

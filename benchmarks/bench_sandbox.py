@@ -15,7 +15,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import sandbox
+from reasonrl.sandbox import runner as sandbox
 
 
 def timed(fn, n, workers=1):

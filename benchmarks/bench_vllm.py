@@ -102,7 +102,7 @@ def main():
     parser.add_argument("--tiny_dir", default=".cache/tiny")
     parser.add_argument("--out_dir", default="outputs/bench_vllm")
     args = parser.parse_args()
-    import tiny
+    from reasonrl.demo import tiny
     tiny.ensure_tiny_assets(args.tiny_dir)
     os.makedirs(args.out_dir, exist_ok=True)
     rows = []

@@ -1,8 +1,8 @@
-"""One GPU, under 8 minutes: the update phase at JustRL's lengths, TRL's micro-batches vs ours (grpo/packing.py).
+"""One GPU, under 8 minutes: the update phase at JustRL's lengths, TRL's micro-batches vs ours (reasonrl/trainer/packing.py).
 
 A 1.5B model of DeepSeek-R1-Distill-Qwen-1.5B's architecture (Qwen2, config typed in below, random weights: no
-download) runs the trainer's update as train_grpo.py does on a GPU: policy_loss (read from train_grpo.py's source, so
-TRL is not needed), the token mean over the update's tokens, bf16 autocast over fp32 master weights, gradient
+download) runs the trainer's update as train_grpo.py does on a GPU: policy_loss (reasonrl/trainer/loss.py, which
+needs no TRL), the token mean over the update's tokens, bf16 autocast over fp32 master weights, gradient
 checkpointing, AdamW. For response lengths capped at 4K, 8K and 16K (JustRL's log-normal shape scaled to the cap:
 mean = cap x 8000 / 15360) and micro-batch 1 and 2, one update of 16 responses (one process's share at 32 processes)
 runs in TRL's order (a generation of 4 updates padded to its longest response, shuffled, untrimmed) and in ours
@@ -20,7 +20,6 @@ scripts/wheels/ or pass --wheels DIR: `pip install --no-index --find-links DIR` 
 """
 
 import argparse
-import ast
 import glob
 import json
 import math
@@ -50,15 +49,11 @@ def install_wheels(folder: str) -> None:
 
 
 def load_policy_loss():
-    """train_grpo.policy_loss, compiled from train_grpo.py's source alone (importing the module would import TRL)."""
-    import torch
+    """The trainer's policy_loss (reasonrl/trainer/loss.py needs torch only, not TRL)."""
+    sys.path.insert(0, ROOT)
+    from reasonrl.trainer.loss import policy_loss
 
-    path = os.path.join(ROOT, "train_grpo.py")
-    tree = ast.parse(open(path).read(), path)
-    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "policy_loss")
-    namespace = {"torch": torch}
-    exec(compile(ast.Module(body=[node], type_ignores=[]), path, "exec"), namespace)
-    return namespace["policy_loss"]
+    return policy_loss
 
 
 def generation(cap, per_update, updates, vocab, seed, device):
@@ -162,7 +157,7 @@ def main():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     sys.path.insert(0, ROOT)
-    from grpo import packing
+    from reasonrl.trainer import packing
 
     device = torch.device("cpu" if args.smoke else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():

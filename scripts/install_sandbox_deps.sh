@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what sandbox.py needs to isolate model-written programs: bubblewrap (bwrap).
+# Install what reasonrl/sandbox/runner.py needs to isolate model-written programs: bubblewrap (bwrap).
 # Idempotent; run as root (no sudo needed) or as a user with sudo. Debian/Ubuntu (apt) only.
 #   bash scripts/install_sandbox_deps.sh
 set -euo pipefail
@@ -18,7 +18,7 @@ else
     echo "install_sandbox_deps: installed $(bwrap --version)"
 fi
 
-# Report what the host allows; sandbox.py picks the strongest working backend by itself.
+# Report what the host allows; reasonrl/sandbox/runner.py picks the strongest working backend by itself.
 if [ "$(id -u)" -ne 0 ] && [ "$(cat /proc/sys/kernel/unprivileged_userns_clone 2>/dev/null || echo 1)" = "0" ]; then
     echo "install_sandbox_deps: WARNING unprivileged user namespaces are disabled; bwrap needs them when not root:" \
          "sysctl -w kernel.unprivileged_userns_clone=1" >&2

@@ -86,7 +86,7 @@ def main(argv: list[str]) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
         signal.signal(signum, forward)
     # SIGUSR1 (`scancel --signal=USR1` without --batch reaches every step) is the launcher's: it stops training
-    # through a file (grpo/requeue.py). Forwarded, it would end torchrun's agent, whose default action it is.
+    # through a file (reasonrl/trainer/requeue.py). Forwarded, it would end torchrun's agent, whose default action it is.
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     code = proc.wait()
     if received:

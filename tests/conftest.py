@@ -47,17 +47,17 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory):
-    """tiny.py's warm-started model, tokenizer and data, built once per test session (~30 s on 2 cores)."""
-    import tiny
+    """reasonrl/demo/tiny.py's warm-started model, tokenizer and data, built once per test session (~30 s on 2 cores)."""
+    from reasonrl.demo import tiny
 
     return tiny.ensure_tiny_assets(str(tmp_path_factory.mktemp("tiny")))
 
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    """A small tokenizer trained on one JustRL prompt, with tiny.py's chat template (builds in a second)."""
-    import data
-    import tiny
+    """A small tokenizer trained on one JustRL prompt, with reasonrl/demo/tiny.py's chat template (builds in a second)."""
+    from reasonrl.run import data
+    from reasonrl.demo import tiny
 
     return tiny.build_tokenizer(["What is 1 + 1?" + data.JUSTRL_SUFFIX] * 4)
 

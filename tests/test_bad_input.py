@@ -10,10 +10,11 @@ import os
 import pytest
 import yaml
 
-import data
 import eval as ev
 import stages
 import train_grpo as tg
+from reasonrl.run import data
+from reasonrl.run.config import ScriptArguments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "recipes", "tiny.yaml")
@@ -110,14 +111,14 @@ def test_a_missing_chain_file_names_the_file(tmp_path):
         stages.main(["run", "--chain", str(tmp_path / "nope.yaml")])
 
 
-# ---------------------------------------------------------------- dataset rows (data.py)
+# ---------------------------------------------------------------- dataset rows (reasonrl/run/data.py)
 
 
 def load(tmp_path, tokenizer, rows, **kw):
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     kw = {"prompt_column": "problem", "answer_column": "answer", **kw}
-    return data.load_prompts(tg.ScriptArguments(dataset_name=str(path), **kw), tokenizer)
+    return data.load_prompts(ScriptArguments(dataset_name=str(path), **kw), tokenizer)
 
 
 def test_an_empty_prompt_names_the_row(tmp_path, tokenizer):

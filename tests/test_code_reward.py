@@ -12,9 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-import code_reward as cr  # noqa: E402
-import sandbox  # noqa: E402
 from conftest import IN_CI  # noqa: E402
+from reasonrl.sandbox import code_reward as cr  # noqa: E402
+from reasonrl.sandbox import runner as sandbox  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "code" / "problems.jsonl"
 # Under CI a missing sandbox fails these tests instead of skipping them (a green run must mean it works).

@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from conftest import ROOT
-from grpo import validation as val
 from test_vllm import needs_vllm  # the `server` fixture (conftest.py): one `trl vllm-serve` for the session
+from reasonrl.trainer import validation as val
 
 # ---------------------------------------------------------------- pure parts
 
@@ -161,8 +161,8 @@ class SlowProxy(BaseHTTPRequestHandler):
 
 
 def _run(tiny_assets, out, processes, *extra):
-    from test_vllm import free_port, run_bounded
     from test_validation import tiny_argv
+    from test_vllm import free_port, run_bounded
 
     cmd = ["accelerate", "launch", *(["--config_file", os.path.join(ROOT, "accelerate_configs", "cpu.yaml")]
                                      if processes == 2 else ["--num_processes", "1"]),

@@ -1,11 +1,11 @@
-"""data.py: the prompt template, dataset rows -> prompts, and errors naming the file, column, row and recipe key."""
+"""reasonrl/run/data.py: the prompt template, dataset rows -> prompts, and errors naming the file, column, row and recipe key."""
 
 import json
 
 import pytest
 
-import data
-import train_grpo as tg
+from reasonrl.run import data
+from reasonrl.run.config import ScriptArguments
 
 DAPO_ROW = (data.DAPO_PREFIX + "What is $1+1$?" + data.DAPO_SUFFIX)
 
@@ -31,7 +31,7 @@ def write_jsonl(path, rows):
 
 
 def data_args(path, **kw):
-    return tg.ScriptArguments(dataset_name=path, **kw)
+    return ScriptArguments(dataset_name=path, **kw)
 
 
 def test_dataset_rows_become_prompt_and_solution(tmp_path, tokenizer):

@@ -1,4 +1,4 @@
-"""Specification of eval.py and eval_report.py: loaders, metrics, resumable outputs, grading, backends, reports."""
+"""Specification of eval.py and reasonrl/grading/report.py: loaders, metrics, resumable outputs, grading, backends, reports."""
 
 import http.server
 import json
@@ -14,7 +14,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import eval as ev  # noqa: E402
-import eval_report  # noqa: E402
+from reasonrl.grading import report as eval_report  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
 REPO = Path(__file__).parent.parent
@@ -279,7 +279,7 @@ def test_a_corrupt_line_in_the_middle_names_file_and_line(tmp_path):
 def tiny_model(tmp_path_factory):
     import torch
 
-    import tiny
+    from reasonrl.demo import tiny
 
     torch.set_num_threads(1)
     texts = [json.dumps(p) for p in ev.read_table(str(FIXTURES / "verl_schema.jsonl"))["prompt"]]

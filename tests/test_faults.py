@@ -16,8 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-import train_grpo as tg
 from conftest import ROOT
+from reasonrl.trainer.faults import bound_requests, time_limited
 
 HANG_REWARD = '''
 import os
@@ -39,11 +39,11 @@ def test_time_limited_reward_returns_its_value_or_raises_naming_the_reward():
     def slow(completions, **kwargs):
         time.sleep(30)
 
-    assert tg.time_limited(quick, 1.0)(["a", "b"]) == [1.0, 1.0]
-    assert tg.time_limited(quick, 1.0).__name__ == "quick"  # TRL logs rewards by __name__
+    assert time_limited(quick, 1.0)(["a", "b"]) == [1.0, 1.0]
+    assert time_limited(quick, 1.0).__name__ == "quick"  # TRL logs rewards by __name__
     started = time.time()
     with pytest.raises(RuntimeError, match=r"reward 'slow' did not return within reward_timeout_s=0.5 s on rank 0"):
-        tg.time_limited(slow, 0.5)(["a"])
+        time_limited(slow, 0.5)(["a"])
     assert time.time() - started < 5
 
 
@@ -54,7 +54,7 @@ def test_async_rewards_stay_async_and_are_bounded_too():
     async def slow_async(completions, **kwargs):
         await asyncio.sleep(30)
 
-    limited = tg.time_limited(slow_async, 0.2)
+    limited = time_limited(slow_async, 0.2)
     assert inspect.iscoroutinefunction(limited)
     with pytest.raises(RuntimeError, match="reward 'slow_async' did not return within reward_timeout_s=0.2 s"):
         asyncio.run(limited(["a"]))
@@ -95,7 +95,7 @@ def test_a_generation_on_a_hung_server_fails_once_after_the_timeout_naming_serve
     address = f"127.0.0.1:{server.server_address[1]}"
     try:
         client = VLLMClient(base_url=f"http://{address}")
-        tg.bound_requests(client, 2.0)
+        bound_requests(client, 2.0)
         started = time.monotonic()
         with pytest.raises(RuntimeError) as error:
             client.generate(["1 + 1 ="], max_tokens=4)

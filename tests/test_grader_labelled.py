@@ -1,4 +1,4 @@
-"""bench_grader's labelled set as a regression test: grading.grade must get every case right.
+"""bench_grader's labelled set as a regression test: grader.grade must get every case right.
 
 The README's "grade 100% (0 false accepts, 0 false rejects)" is this test. A symbolic comparison that runs past
 its time limit reads as "wrong", so a busy machine could turn a right answer into a false reject; the limit here
@@ -11,7 +11,7 @@ is 60 s instead of the grader's default 2 s (measured at load 3.5: the slowest c
 import json
 import os
 
-from grading import extract_answer, grade
+from reasonrl.grading.grader import extract_answer, grade
 
 LABELLED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "grading", "labelled.jsonl")
 CASES = [json.loads(line) for line in open(LABELLED) if line.strip()]

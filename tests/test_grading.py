@@ -1,4 +1,4 @@
-"""grading.py as a specification: literal answers in, exact verdicts out."""
+"""reasonrl/grading/grader.py as a specification: literal answers in, exact verdicts out."""
 
 import os
 import threading
@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from grading import _in_child, extract_answer, grade, grade_many, normalize, numbers_equal, to_number  # noqa: E402
+from reasonrl.grading.grader import _in_child, extract_answer, grade, grade_many, normalize, numbers_equal, to_number  # noqa: E402
 
 
 def boxed(answer: str) -> str:
@@ -367,7 +367,7 @@ def test_minerva_formula_commuted_or_expanded_is_right():
 
 
 def test_gamma_is_a_symbol_not_a_function_or_eulers_constant():
-    from grading_symbolic import to_sympy
+    from reasonrl.grading.symbolic import to_sympy
 
     assert str(to_sympy(r"\gamma^2-2")) == "gamma**2 - 2"
     assert grade(boxed(r"\Gamma^2 - 2"), r"\Gamma^2 - 1") is False
@@ -379,7 +379,7 @@ def test_values_that_are_not_finite_never_compare_equal():
 
 
 def test_juxtaposition_is_multiplication_not_a_mixed_number():
-    from grading_symbolic import to_sympy
+    from reasonrl.grading.symbolic import to_sympy
 
     assert str(to_sympy("2(3)")) == "2*3"
     assert grade(boxed("2(3)"), "5") is False

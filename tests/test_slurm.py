@@ -1,4 +1,4 @@
-"""launch_slurm.py on a real Slurm cluster: 3 nodes on this machine (scripts/slurm_local.sh), CPU nodes, tiny.py's model.
+"""launch_slurm.py on a real Slurm cluster: 3 nodes on this machine (scripts/slurm_local.sh), CPU nodes, reasonrl/demo/tiny.py's model.
 
     python -m pytest tests/test_slurm.py -q        # needs root (apt-get, slurmd)
 

@@ -1,7 +1,7 @@
 """stages.py: hard-prompt selection by pass rate, the chain's skip/resume logic, and a real two-stage tiny chain.
 
     python -m pytest tests/test_stages.py -q              # fast part (~10 s)
-    python -m pytest tests/test_stages.py -q -m slow      # the real chain on tiny.py's model (~30 s)
+    python -m pytest tests/test_stages.py -q -m slow      # the real chain on reasonrl/demo/tiny.py's model (~30 s)
 """
 
 import json
@@ -12,9 +12,10 @@ import pytest
 import torch
 import yaml
 
-import data
 import stages
 import train_grpo as tg
+from reasonrl.run import data
+from reasonrl.run.config import read_recipe
 
 # Two cores shared with other test runs: one thread, also for the session's tiny_assets build (it keeps
 # min(2, current) threads); OpenMP spin-waiting on oversubscribed cores can slow a build tenfold.
@@ -28,7 +29,7 @@ SUFFIX = "\n\nPlease reason step by step, and put your final answer within \\box
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
     """A small chat tokenizer saved to disk (select loads the model's tokenizer by path)."""
-    import tiny
+    from reasonrl.demo import tiny
 
     path = str(tmp_path_factory.mktemp("tok"))
     tiny.build_tokenizer(["What is 2 + 2? \\boxed{4} Read a line and print it reversed."]).save_pretrained(path)
@@ -181,7 +182,7 @@ def test_selected_rows_load_back_through_train_grpo_with_the_same_recipe(tmp_pat
     recipe = math_recipe(tmp_path)
     out = str(tmp_path / "hard.parquet")
     stages.select(tokenizer_dir, recipe, 16, 0.875, out, sampler=stand_in_sampler(MATH_COMPLETIONS, []))
-    script, _ = stages.read_recipe(recipe, ["--dataset_name", out])
+    script, _ = read_recipe(recipe, ["--dataset_name", out])
     prompts, counts = data.load_prompts(script, AutoTokenizer.from_pretrained(tokenizer_dir))
     assert [p[-1]["content"] for p in prompts["prompt"]] == [
         "What is 2 + 2?" + SUFFIX, "What is 9 + 9?" + SUFFIX, "What is 12 + 30?" + SUFFIX]
@@ -465,7 +466,7 @@ def test_acereason_chain_lists_the_six_stages_with_selection_where_the_paper_fil
             assert stages.max_passes(s["select"]["samples"], s["select"]["max_pass_rate"]) == 14
 
 
-# ---------------------------------------------------------------- a real chain on tiny.py's model (CPU)
+# ---------------------------------------------------------------- a real chain on reasonrl/demo/tiny.py's model (CPU)
 
 @pytest.mark.slow
 def test_two_tiny_math_stages_chain_select_and_skip_on_rerun(tiny_assets, tmp_path, monkeypatch):

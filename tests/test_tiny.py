@@ -1,8 +1,8 @@
-"""tiny.py's cache: reused when it holds the current model shape, rebuilt otherwise."""
+"""reasonrl/demo/tiny.py's cache: reused when it holds the current model shape, rebuilt otherwise."""
 
 import json
 
-import tiny
+from reasonrl.demo import tiny
 
 
 def test_cache_of_another_model_shape_is_rebuilt_and_the_current_one_reused(tmp_path, monkeypatch):

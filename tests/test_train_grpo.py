@@ -1,4 +1,4 @@
-"""train_grpo.py: the policy loss, batch arithmetic, recipes and real CPU training runs (data.py: tests/test_data.py)."""
+"""train_grpo.py: the policy loss, batch arithmetic, recipes and real CPU training runs (reasonrl/run/data.py: tests/test_data.py)."""
 
 import json
 import math
@@ -11,8 +11,12 @@ import time
 import pytest
 import torch
 
-import train_grpo as tg
 from conftest import ROOT
+import train_grpo as tg
+from reasonrl.run.config import JustRLConfig
+from reasonrl.run.plan import NONFINITE_KEY, derive_batch, precision_plan
+from reasonrl.trainer.loss import policy_loss
+from reasonrl.trainer.trainer import ClipHigherGRPOTrainer, check_text_only, loss_mask
 
 RECIPES = os.path.join(ROOT, "recipes")
 
@@ -42,7 +46,7 @@ def five_regions():
 
 def test_policy_loss_value_and_gradient_in_each_clip_region():
     logps, old, adv, mask = five_regions()
-    loss, _ = tg.policy_loss(logps, old, adv, mask, 0.2, 0.28, 10.0)
+    loss, _ = policy_loss(logps, old, adv, mask, 0.2, 0.28, 10.0)
     # per token: -1.1, -1.28 (clipped at 1 + 0.28), 0.8 (clipped at 1 - 0.2), 2.0, 10.0 (dual clip c)
     assert loss.item() == pytest.approx((-1.1 - 1.28 + 0.8 + 2.0 + 10.0) / 5, abs=1e-6)
     loss.backward()
@@ -52,14 +56,14 @@ def test_policy_loss_value_and_gradient_in_each_clip_region():
 
 def test_policy_loss_reports_fraction_clipped_low_high_and_dual():
     logps, old, adv, mask = five_regions()
-    _, fractions = tg.policy_loss(logps, old, adv, mask, 0.2, 0.28, 10.0)
+    _, fractions = policy_loss(logps, old, adv, mask, 0.2, 0.28, 10.0)
     assert {k: (n / d).item() for k, (n, d) in fractions.items()} == pytest.approx(
         {"clip_ratio/low": 0.2, "clip_ratio/high": 0.2, "clip_ratio/dual": 0.2})
 
 
 def test_policy_loss_without_dual_clip_leaves_large_ratios_unbounded():
     logps, old, adv, mask = five_regions()
-    loss, fractions = tg.policy_loss(logps, old, adv, mask, 0.2, 0.28, None)
+    loss, fractions = policy_loss(logps, old, adv, mask, 0.2, 0.28, None)
     assert loss.item() == pytest.approx((-1.1 - 1.28 + 0.8 + 2.0 + 20.0) / 5, abs=1e-5)
     assert fractions["clip_ratio/dual"][0].item() == 0
 
@@ -71,7 +75,7 @@ def test_policy_loss_matches_verl_in_value_and_gradient_on_random_inputs():
     new_ref = new.detach().clone().requires_grad_()
     adv = torch.randn(6, generator=g)
     mask = (torch.rand(6, 9, generator=g) > 0.3).float()
-    ours, _ = tg.policy_loss(new, old, adv, mask, 0.2, 0.28, 3.0)
+    ours, _ = policy_loss(new, old, adv, mask, 0.2, 0.28, 3.0)
     ref = verl_policy_loss(old, new_ref, adv.unsqueeze(-1), mask, 0.2, 0.28, 3.0)
     ours.backward()
     ref.backward()
@@ -86,26 +90,26 @@ def test_trl_delta_is_the_same_bound_as_the_dual_clip():
     adv = torch.randn(8, 1, generator=g)
     ratio = torch.exp(new - old)
     trl = -torch.min(torch.clamp(ratio, max=10.0) * adv, torch.clamp(ratio, 0.8, 1.28) * adv)
-    ours, _ = tg.policy_loss(new, old, adv, torch.ones(8, 5), 0.2, 0.28, 10.0)
+    ours, _ = policy_loss(new, old, adv, torch.ones(8, 5), 0.2, 0.28, 10.0)
     assert ours.item() == pytest.approx(trl.mean().item(), rel=1e-6)
 
 
 def test_policy_loss_ignores_masked_tokens():
     logps = torch.log(torch.tensor([[1.1, 50.0]]))
-    loss, _ = tg.policy_loss(logps, torch.zeros(1, 2), torch.tensor([1.0]), torch.tensor([[1.0, 0.0]]))
+    loss, _ = policy_loss(logps, torch.zeros(1, 2), torch.tensor([1.0]), torch.tensor([[1.0, 0.0]]))
     assert loss.item() == pytest.approx(-1.1)
 
 
 def test_policy_loss_divides_by_the_global_token_count_when_given():
     logps = torch.log(torch.tensor([[1.1, 1.1]]))
-    loss, _ = tg.policy_loss(logps, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2),
+    loss, _ = policy_loss(logps, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2),
                              num_tokens=torch.tensor(8.0))
     assert loss.item() == pytest.approx(-2.2 / 8)
 
 
 def test_policy_loss_scales_each_token_by_its_importance_weight():
     logps = torch.log(torch.tensor([[1.1, 1.1]]))
-    loss, _ = tg.policy_loss(logps, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2),
+    loss, _ = policy_loss(logps, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2),
                              token_weights=torch.tensor([[0.5, 1.0]]))
     assert loss.item() == pytest.approx(-(0.55 + 1.1) / 2)
 
@@ -114,8 +118,8 @@ def test_seq_mean_averages_sequence_means_instead_of_tokens():
     logps = torch.zeros(2, 3)  # ratio 1 everywhere: per-token loss = -A
     adv = torch.tensor([1.0, -1.0])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    token_mean, _ = tg.policy_loss(logps, logps, adv, mask)
-    seq_mean, _ = tg.policy_loss(logps, logps, adv, mask, seq_mean=True)
+    token_mean, _ = policy_loss(logps, logps, adv, mask)
+    seq_mean, _ = policy_loss(logps, logps, adv, mask, seq_mean=True)
     assert token_mean.item() == pytest.approx((-3 + 1) / 4)
     assert seq_mean.item() == pytest.approx((-1 + 1) / 2)
 
@@ -124,7 +128,7 @@ def test_kl_penalty_is_added_per_token_inside_each_sequence_mean():
     logps = torch.zeros(2, 3)  # ratio 1: policy term -A per token
     ref = torch.tensor([[math.log(2.0), 0.0, 0.0], [0.0, 0.0, 0.0]])  # KL = 2 - ln 2 - 1 on one token, 0 elsewhere
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    loss, stats = tg.policy_loss(logps, logps, torch.tensor([1.0, -1.0]), mask, seq_mean=True, ref_logps=ref, beta=0.5)
+    loss, stats = policy_loss(logps, logps, torch.tensor([1.0, -1.0]), mask, seq_mean=True, ref_logps=ref, beta=0.5)
     kl = 1 - math.log(2.0)
     assert loss.item() == pytest.approx(((-3 + 0.5 * kl) / 3 + 1.0) / 2)
     assert (stats["kl"][0] / stats["kl"][1]).item() == pytest.approx(kl / 4)
@@ -134,16 +138,16 @@ def test_kl_penalty_is_added_per_token_inside_each_sequence_mean():
 
 def tiny_trainer(tokenizer, tmp_path, **config):
     """A ClipHigherGRPOTrainer on a fresh tiny model (saved to disk: TRL loads the KL reference model from a path)."""
-    import tiny
+    from reasonrl.demo import tiny
     from datasets import Dataset
 
     path = str(tmp_path / "model")
     tiny.build_model(tokenizer).save_pretrained(path)
     config = {"num_generations": 2, "per_device_train_batch_size": 2, "max_completion_length": 4,
               "epsilon_high": 0.28, "bf16": False, **config}
-    args = tg.JustRLConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", **config)
+    args = JustRLConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", **config)
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": "What is 1 + 1?"}]}] * 8)
-    return tg.ClipHigherGRPOTrainer(model=path, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+    return ClipHigherGRPOTrainer(model=path, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
                                     args=args, train_dataset=data, processing_class=tokenizer)
 
 
@@ -341,7 +345,7 @@ def test_update_token_counts_leave_out_tool_outputs():
                 "tool_mask": torch.tensor([[1, 0, 1], [1, 1, 1]])},
                {"prompt_mask": torch.ones(2, 1), "completion_mask": torch.tensor([[1, 1, 1], [1, 1, 1]]),
                 "tool_mask": torch.tensor([[1, 0, 0], [0, 1, 1]])}]
-    assert [tg._loss_mask(b).sum().item() for b in batches] == [2, 3]
+    assert [loss_mask(b).sum().item() for b in batches] == [2, 3]
 
 
 def tiny_moe_trainer(tokenizer, tmp_path, coef, **config):
@@ -357,10 +361,10 @@ def tiny_moe_trainer(tokenizer, tmp_path, coef, **config):
         num_attention_heads=2, num_key_value_heads=1, head_dim=16, num_experts=4, num_experts_per_tok=2,
         router_aux_loss_coef=coef, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True)).save_pretrained(path)
-    args = tg.JustRLConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", num_generations=2,
+    args = JustRLConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", num_generations=2,
                            per_device_train_batch_size=2, max_completion_length=4, bf16=False, delta=None, **config)
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": "What is 1 + 1?"}]}] * 8)
-    return tg.ClipHigherGRPOTrainer(model=path, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+    return ClipHigherGRPOTrainer(model=path, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
                                     args=args, train_dataset=data, processing_class=tokenizer)
 
 
@@ -385,11 +389,11 @@ def test_a_vision_language_processor_is_refused_before_the_model_loads(tokenizer
     from transformers import CLIPImageProcessor, LlavaProcessor
 
     processor = LlavaProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer)
-    args = tg.JustRLConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", num_generations=2,
+    args = JustRLConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", num_generations=2,
                            per_device_train_batch_size=2)
     with pytest.raises(ValueError, match="processing_class: LlavaProcessor is a multimodal processor.*"
                                          "Give the model's tokenizer"):
-        tg.ClipHigherGRPOTrainer(model=str(tmp_path / "no-model"), reward_funcs=[], args=args, train_dataset=None,
+        ClipHigherGRPOTrainer(model=str(tmp_path / "no-model"), reward_funcs=[], args=args, train_dataset=None,
                                  processing_class=processor)
 
 
@@ -398,12 +402,12 @@ def test_a_dataset_with_an_image_column_is_refused_naming_the_column():
 
     images = Dataset.from_list([{"prompt": "What is in the picture?", "image": "cat.png"}])
     with pytest.raises(ValueError, match="dataset column 'image': train_grpo.py trains on text only"):
-        tg.check_text_only(None, images)
+        check_text_only(None, images)
 
 
 def test_num_iterations_scales_every_generation_step_unit(tmp_path):
     """2 mini-batches x 2 passes (num_iterations, veRL's ppo_epochs): a generation step is 4 optimizer updates."""
-    args = tg.JustRLConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", num_generations=2,
+    args = JustRLConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", num_generations=2,
                            per_device_train_batch_size=2, prompts_per_step=4, optimizer_updates_per_step=2,
                            num_iterations=2, total_generation_steps=3, save_generation_steps=1, warmup_generation_steps=1)
     assert args.updates_per_generation_step == 4
@@ -464,14 +468,14 @@ def test_justrl_recipes_decay_every_parameter_as_verl_does(recipe, decay_all):
 # ---------------------------------------------------------------- master weights
 
 def test_a_bf16_recipe_without_deepspeed_loads_fp32_weights_and_computes_under_bf16_autocast():
-    assert tg.precision_plan("bfloat16", bf16=True, zero_stage=None) == {
+    assert precision_plan("bfloat16", bf16=True, zero_stage=None) == {
         "load_dtype": "float32", "compute": "bf16 autocast",
         "master_weights": "the model's weights, loaded in float32 (not bfloat16)"}
 
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_under_deepspeed_a_bf16_recipe_loads_bf16_and_deepspeed_keeps_the_fp32_master(stage):
-    assert tg.precision_plan("bfloat16", bf16=True, zero_stage=stage) == {
+    assert precision_plan("bfloat16", bf16=True, zero_stage=stage) == {
         "load_dtype": "bfloat16", "compute": "bf16 (DeepSpeed casts the model)",
         "master_weights": f"fp32 copy in DeepSpeed's ZeRO-{stage} optimizer"}
 
@@ -479,7 +483,7 @@ def test_under_deepspeed_a_bf16_recipe_loads_bf16_and_deepspeed_keeps_the_fp32_m
 @pytest.mark.parametrize("stage", [None, 3])
 def test_bf16_weights_without_any_fp32_copy_are_refused_naming_the_fix(stage):
     with pytest.raises(ValueError, match=r"dtype: bfloat16 with bf16: false keeps no fp32 copy.*Set bf16: true"):
-        tg.precision_plan("bfloat16", bf16=False, zero_stage=stage)
+        precision_plan("bfloat16", bf16=False, zero_stage=stage)
 
 
 def test_dry_run_shows_where_the_master_weights_live_for_each_launch_mode():
@@ -504,11 +508,11 @@ def adamw_update(model, autocast, lr=1e-6):
 def test_a_1e_6_update_of_a_bf16_recipe_lands_in_fp32_master_weights(tokenizer, tmp_path):
     """JustRL's lr 1e-6 on one process: the weights the plan loads (fp32, bf16 autocast) take the same update as
     pure fp32 training; bf16 weights updated in place (the recipe's dtype, loaded as it says) lose nearly all of it."""
-    import tiny
+    from reasonrl.demo import tiny
     from transformers import AutoModelForCausalLM
 
     tiny.build_model(tokenizer).save_pretrained(tmp_path / "m")
-    plan = tg.precision_plan("bfloat16", bf16=True, zero_stage=None)
+    plan = precision_plan("bfloat16", bf16=True, zero_stage=None)
 
     def load(dtype):
         return AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=getattr(torch, dtype))
@@ -528,7 +532,7 @@ def test_a_1e_6_update_of_a_bf16_recipe_lands_in_fp32_master_weights(tokenizer, 
 @pytest.mark.parametrize("world, accumulation, steps_per_generation", [(1, 256, 1024), (8, 32, 128), (32, 8, 32),
                                                                       (64, 4, 16), (256, 1, 4)])
 def test_justrl_batch_on_several_world_sizes(world, accumulation, steps_per_generation):
-    b = tg.derive_batch(256, 8, 4, world, 2)
+    b = derive_batch(256, 8, 4, world, 2)
     assert (b["gradient_accumulation_steps"], b["steps_per_generation"]) == (accumulation, steps_per_generation)
     assert (b["responses_per_step"], b["responses_per_update"], b["generation_batch_size"]) == (2048, 512, 2048)
     # TRL's identities: an update is per-device x world x accumulation; a generation is steps_per_generation micro-steps
@@ -538,22 +542,22 @@ def test_justrl_batch_on_several_world_sizes(world, accumulation, steps_per_gene
 def test_world_size_that_cannot_split_an_update_fails_with_the_sizes_that_can():
     with pytest.raises(ValueError, match=r"512 responses per optimizer update cannot be split over 24 training "
                                          r"processes.*\[1, 2, 4, 8, 16, 32, 64, 128, 256, 512\]"):
-        tg.derive_batch(256, 8, 4, 24, 2)
+        derive_batch(256, 8, 4, 24, 2)
 
 
 def test_micro_batch_that_does_not_divide_fails_with_the_choices():
     with pytest.raises(ValueError, match=r"per_device_train_batch_size=3 .* 16 responses .* \[1, 2, 4, 8, 16\]"):
-        tg.derive_batch(256, 8, 4, 32, 3)
+        derive_batch(256, 8, 4, 32, 3)
 
 
 def test_prompts_must_split_into_whole_prompt_mini_batches():
     with pytest.raises(ValueError, match="prompts_per_step=10 does not split into optimizer_updates_per_step=4"):
-        tg.derive_batch(10, 8, 4, 1, 1)
+        derive_batch(10, 8, 4, 1, 1)
 
 
 def test_an_update_that_would_span_two_generations_is_refused(tmp_path):
     with pytest.raises(ValueError, match="steps_per_generation=3 is not a multiple of gradient_accumulation_steps=2"):
-        tg.JustRLConfig(output_dir=str(tmp_path), use_cpu=True, num_generations=2, per_device_train_batch_size=2,
+        JustRLConfig(output_dir=str(tmp_path), use_cpu=True, num_generations=2, per_device_train_batch_size=2,
                         gradient_accumulation_steps=2, steps_per_generation=3)
 
 
@@ -573,6 +577,29 @@ def dry_run(recipe, world, *extra):
     finally:
         ta.is_torch_bf16_gpu_available = check
 
+
+
+def test_dry_run_leaves_transformers_bf16_check_as_it_found_it(capsys):
+    """The dry run takes this machine for a bf16 GPU while it plans, and only then (plan.bf16_gpu_assumed)."""
+    import transformers.training_args as ta
+
+    check = ta.is_torch_bf16_gpu_available
+    tg.main(["--config", os.path.join(RECIPES, "justrl.yaml"), "--dry_run", "--world_size", "32"])
+    assert ta.is_torch_bf16_gpu_available is check and json.loads(capsys.readouterr().out)["derived"]
+
+
+def test_optimizer_state_saved_on_cpu_0_loads_inside_torch_load_on_cpu_only(tmp_path):
+    """A multi-process CPU run reloads its optimizer state with map_location "cpu:N", which torch.load cannot restore;
+    inside torch_load_on_cpu it loads on "cpu", and torch.load is torch's own again after the block."""
+    from reasonrl.trainer.trainer import torch_load_on_cpu
+
+    path, device, load = tmp_path / "optimizer.pt", torch.device("cpu", 0), torch.load
+    torch.save({"exp_avg": torch.ones(2)}, path)
+    with pytest.raises(RuntimeError, match="cpu:0"):
+        torch.load(path, map_location=device)
+    with torch_load_on_cpu(device):
+        state = torch.load(path, map_location=device)
+    assert torch.load is load and state["exp_avg"].device == torch.device("cpu")
 
 JUSTRL = {"learning_rate": 1e-6, "epsilon": 0.2, "epsilon_high": 0.28, "delta": 10.0, "beta": 0.0,
           "num_generations": 8, "temperature": 1.0, "top_p": 1.0, "weight_decay": 0.1, "max_grad_norm": 1.0,
@@ -604,7 +631,7 @@ OPENRS = {"learning_rate": 1e-6, "lr_scheduler_type": "cosine_with_min_lr", "lr_
      {"reward_funcs": ["format", "cosine"], "reward_kwargs": {"cosine": {"max_len": 3584}}, "max_prompt_length": 512},
      "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"),
     ("tiny.yaml", 2, {"gradient_accumulation_steps": 2, "steps_per_generation": 4, "use_cpu": True},
-     {"prepare_assets": "tiny.ensure_tiny_assets", "prepare_kwargs": {"tiny_dir": ".cache/tiny"}}, ".cache/tiny/sft"),
+     {"prepare_assets": "reasonrl.demo.tiny.ensure_tiny_assets", "prepare_kwargs": {"tiny_dir": ".cache/tiny"}}, ".cache/tiny/sft"),
 ])
 def test_dry_run_prints_the_resolved_recipe(recipe, world, fields, script, model):
     config = dry_run(recipe, world)
@@ -679,14 +706,14 @@ def tiny_argv(assets, out, *extra):
 def test_training_goes_through_policy_loss(tiny_assets, tmp_path, monkeypatch):
     """Replacing train_grpo.policy_loss changes training: with a zero loss (and no weight decay) nothing moves."""
     calls = []
-    real = tg.policy_loss
+    real = policy_loss
 
     def zero_loss(logps, *args, **kwargs):
         calls.append(tuple(logps.shape))
         loss, fractions = real(logps, *args, **kwargs)
         return loss * 0.0, fractions
 
-    monkeypatch.setattr(tg, "policy_loss", zero_loss)
+    monkeypatch.setattr("reasonrl.trainer.trainer.policy_loss", zero_loss)
     tg.main(tiny_argv(tiny_assets, tmp_path / "zero", "--total_generation_steps", "2", "--weight_decay", "0",
                       "--prompts_per_step", "4", "--per_device_train_batch_size", "16", "--heldout_file", "",
                       "--save_strategy", "no"))
@@ -701,9 +728,9 @@ def test_training_goes_through_policy_loss(tiny_assets, tmp_path, monkeypatch):
 def test_num_iterations_2_run_has_the_recipes_generation_steps_updates_and_checkpoints(tiny_assets, tmp_path,
                                                                                        monkeypatch):
     """2 generation steps of 2 mini-batches, each used twice (num_iterations 2), saving every generation step:
-    2 generations, 8 updates, a checkpoint after each generation step (grpo/validation.py counts the same units)."""
-    calls, real = [], tg.policy_loss
-    monkeypatch.setattr(tg, "policy_loss", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    2 generations, 8 updates, a checkpoint after each generation step (reasonrl/trainer/validation.py counts the same units)."""
+    calls, real = [], policy_loss
+    monkeypatch.setattr("reasonrl.trainer.trainer.policy_loss", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     out = tmp_path / "mu2"
     summary = tg.main(tiny_argv(tiny_assets, out, "--total_generation_steps", "2", "--save_generation_steps", "1",
                                 "--prompts_per_step", "4", "--per_device_train_batch_size", "16",
@@ -723,7 +750,7 @@ def one_update_skipped(out, initial_model):
     assert {state["step"].item() for state in optimizer["state"].values()} == {1.0}
     assert torch.load(out / "checkpoint-2" / "scheduler.pt", weights_only=False)["last_epoch"] == 1
     history = json.load(open(out / "checkpoint-2" / "trainer_state.json"))["log_history"]
-    assert [e[tg.NONFINITE_KEY] for e in history if "loss" in e] == [1, 1]
+    assert [e[NONFINITE_KEY] for e in history if "loss" in e] == [1, 1]
     before = AutoModelForCausalLM.from_pretrained(initial_model).state_dict()
     after = AutoModelForCausalLM.from_pretrained(str(out)).state_dict()
     assert all(torch.isfinite(after[k]).all() for k in after)
@@ -733,7 +760,7 @@ def one_update_skipped(out, initial_model):
 @pytest.mark.slow
 def test_a_nonfinite_gradient_skips_the_update_and_training_goes_on(tiny_assets, tmp_path, monkeypatch):
     """One process: the first of 2 updates gets a NaN loss. veRL skips such an update; so does this trainer."""
-    real = tg.policy_loss
+    real = policy_loss
     calls = []
 
     def nan_first(*args, **kwargs):
@@ -741,7 +768,7 @@ def test_a_nonfinite_gradient_skips_the_update_and_training_goes_on(tiny_assets,
         calls.append(1)
         return (loss * float("nan") if len(calls) == 1 else loss), stats
 
-    monkeypatch.setattr(tg, "policy_loss", nan_first)
+    monkeypatch.setattr("reasonrl.trainer.trainer.policy_loss", nan_first)
     summary = tg.main(tiny_argv(tiny_assets, tmp_path / "nan", "--total_generation_steps", "1", "--prompts_per_step", "4",
                                 "--per_device_train_batch_size", "16", "--heldout_file", "", "--save_generation_steps", "1",
                                 "--logging_steps", "1", "--warmup_generation_steps", "0"))
@@ -753,6 +780,8 @@ def test_a_nonfinite_gradient_skips_the_update_and_training_goes_on(tiny_assets,
 PROBE = """
 import os, sys
 import torch
+from trl import GRPOTrainer
+
 import train_grpo as tg
 
 NAN_AT = os.environ.get("PROBE_NAN_AT")  # "update,rank": that update's loss is NaN on that process only
@@ -789,7 +818,7 @@ class Probe(tg.ClipHigherGRPOTrainer):
 
 if os.environ.get("PROBE_UNPACKED"):  # TRL's micro-batches as they come: shuffled, padded to the generation's longest
     Probe._pack_updates = lambda self, micro_batches: micro_batches
-    Probe._get_per_token_logps_and_entropies = tg.GRPOTrainer._get_per_token_logps_and_entropies
+    Probe._get_per_token_logps_and_entropies = GRPOTrainer._get_per_token_logps_and_entropies
 tg.ClipHigherGRPOTrainer = Probe
 tg.main(sys.argv[1:])
 """
@@ -831,7 +860,7 @@ def test_two_process_update_gradient_is_the_token_mean_over_the_update(tiny_asse
         ids, n = torch.cat([mb["prompt_ids"], mb["completion_ids"]], 1), mb["completion_ids"].size(1)
         logits = model(input_ids=ids, attention_mask=torch.cat([mb["prompt_mask"], mb["completion_mask"]], 1)).logits
         logps = logits[:, -n - 1:-1].log_softmax(-1).gather(-1, mb["completion_ids"][..., None]).squeeze(-1)
-        loss = loss + tg.policy_loss(logps, mb["old_per_token_logps"], mb["advantages"], mb["completion_mask"],
+        loss = loss + policy_loss(logps, mb["old_per_token_logps"], mb["advantages"], mb["completion_mask"],
                                      0.2, 0.28, 10.0, num_tokens=torch.tensor(float(sum(tokens))))[0]
     names = [n for n, _ in model.named_parameters()]
     want = torch.autograd.grad(loss, list(model.parameters()))
@@ -860,7 +889,7 @@ def test_under_deepspeed_zero3_the_engine_skips_a_nonfinite_gradient_and_the_tra
                          PROBE_NAN_AT="0,1")
     assert [(r["optimizer_steps"], r["scheduler_steps"]) for r in ranks] == [([1.0], 1), ([1.0], 1)]
     history = json.load(open(tmp_path / "run" / "checkpoint-2" / "trainer_state.json"))["log_history"]
-    assert [e[tg.NONFINITE_KEY] for e in history if "loss" in e] == [1, 1]
+    assert [e[NONFINITE_KEY] for e in history if "loss" in e] == [1, 1]
     after = AutoModelForCausalLM.from_pretrained(str(tmp_path / "run")).state_dict()
     assert all(torch.isfinite(t).all() for t in after.values())
 

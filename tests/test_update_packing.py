@@ -1,4 +1,4 @@
-"""grpo/packing.py and the trainer's use of it: micro-batches trimmed and grouped by length, the same gradient as the
+"""reasonrl/trainer/packing.py and the trainer's use of it: micro-batches trimmed and grouped by length, the same gradient as the
 unpacked update (TRL's shuffled, untrimmed micro-batches through this project's loss), and the logged token counts.
 Equality with TRL's own loss: test_update_equals_trls_with_old_policy_logps_and_the_vllm_importance_weight
 (tests/test_train_grpo.py)."""
@@ -6,7 +6,7 @@ Equality with TRL's own loss: test_update_equals_trls_with_old_policy_logps_and_
 import pytest
 import torch
 
-from grpo import packing
+from reasonrl.trainer import packing
 
 
 def masks(prompt_lengths, completion_lengths, prompt_width=5, completion_width=8):

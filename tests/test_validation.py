@@ -1,4 +1,4 @@
-"""Validation inside training (grpo/validation.py): schedule, grading, files and curves, equality with eval.py at
+"""Validation inside training (reasonrl/trainer/validation.py): schedule, grading, files and curves, equality with eval.py at
 temperature 0, resume, and that it changes nothing in training (1 and 2 processes). vLLM's colocate and server modes
 validate in tests/test_vllm.py's training runs, and change nothing in training in tests/test_collectives.py; the
 colocated engine's temperature-0 equality with eval.py is here."""
@@ -17,8 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, require
-from grpo import validation as val
 import train_grpo as tg
+from reasonrl.run.config import ScriptArguments
+from reasonrl.trainer import validation as val
 
 # ---------------------------------------------------------------- pure parts
 
@@ -70,7 +71,7 @@ def test_curve_scalars():
 
 def _script_args(**changes):
     defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(tg.ScriptArguments)}
+                for f in dataclasses.fields(ScriptArguments)}
     return SimpleNamespace(**{**defaults, **changes})
 
 

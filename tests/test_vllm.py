@@ -1,4 +1,4 @@
-"""vLLM generation on a CPU (cpu_vllm.py): colocated engines and `trl vllm-serve`, weight sync, learning, clean stop.
+"""vLLM generation on a CPU (reasonrl/generation/cpu_vllm.py): colocated engines and `trl vllm-serve`, weight sync, learning, clean stop.
 
 Every engine runs in a subprocess: vLLM pins threads and patches torch in the process that hosts one. One engine per
 fixture, shared by the tests that read it. Tolerances: the engine and the trainer both compute in float32 (the tiny
@@ -116,15 +116,15 @@ def sync_check(assets, out, *extra) -> dict:
 def test_trainer_builds_the_cpu_backend_only_on_a_cpu(device, use_vllm, swapped):
     import torch
 
-    import train_grpo as tg
-    assert tg.uses_cpu_vllm(SimpleNamespace(use_vllm=use_vllm, device=torch.device(device))) is swapped
+    from reasonrl.trainer.trainer import uses_cpu_vllm
+    assert uses_cpu_vllm(SimpleNamespace(use_vllm=use_vllm, device=torch.device(device))) is swapped
 
 
 @needs_vllm
 def test_cpu_backend_replaces_trls_for_the_trainers_construction_only():
     import trl.trainer.grpo_trainer as trl_grpo
 
-    from cpu_vllm import CPUVLLMGeneration, cpu_vllm_generation
+    from reasonrl.generation.cpu_vllm import CPUVLLMGeneration, cpu_vllm_generation
     trl_class = trl_grpo.VLLMGeneration
     with cpu_vllm_generation("out"):
         inside = trl_grpo.VLLMGeneration

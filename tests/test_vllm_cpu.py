@@ -1,4 +1,4 @@
-"""eval.py's and stages.py's vLLM backend on vLLM's CPU build, on tiny.py's warm-started model: greedy, it grades
+"""eval.py's and stages.py's vLLM backend on vLLM's CPU build, on reasonrl/demo/tiny.py's warm-started model: greedy, it grades
 exactly as the transformers backend; sampling, every request keeps its own seed whatever else is in the batch.
 Every test here shares one engine (generation.cpu_engine: same model and settings), started once (1-3 min on 2 cores).
 
@@ -12,11 +12,11 @@ import os
 
 import pytest
 
-import eval as ev
-import generation
-import stages
-from data import JUSTRL_SUFFIX
 from conftest import IN_CI  # noqa: E402
+import eval as ev
+import stages
+from reasonrl.generation import engines as generation
+from reasonrl.run.data import JUSTRL_SUFFIX
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

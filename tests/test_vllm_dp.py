@@ -4,7 +4,7 @@
 
 vLLM 0.31 runs a dense model's data-parallel ranks as independent engines behind one API server: both engines serve
 requests, the server reports tp x dp workers to TRL's client (/get_world_size), and a weight reload through
-/collective_rpc (cpu_vllm.py's sync) reaches every engine: the same greedy prompt, sent 16 times at once, gives one
+/collective_rpc (reasonrl/generation/cpu_vllm.py's sync) reaches every engine: the same greedy prompt, sent 16 times at once, gives one
 answer before the reload and one other answer after it, from both engines each time. Stopped by its process group,
 it leaves no engine core behind.
 """
@@ -63,7 +63,7 @@ def test_both_engines_serve_and_a_weight_reload_reaches_both(dp_server):
     after_first = _served_per_engine(url)
     assert len(before) == 1, before
     assert after_first["0"] > served["0"] and after_first["1"] > served["1"], after_first  # both engines answered
-    reload = requests.post(f"{url}/collective_rpc", timeout=600, json={  # tiny.py's model before its warm start
+    reload = requests.post(f"{url}/collective_rpc", timeout=600, json={  # reasonrl/demo/tiny.py's model before its warm start
         "method": "reload_weights", "kwargs": {"weights_path": assets["base_model"]}})
     assert reload.status_code == 200, reload.text
     after = _same_prompt_16_times(url, assets["model"])

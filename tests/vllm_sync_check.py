@@ -30,25 +30,26 @@ def build_trainer(argv):
     from transformers import AutoTokenizer
     from trl import ModelConfig, TrlParser
 
-    import train_grpo as tg
-    from data import load_prompts
     from reward import load_reward_funcs
+    from reasonrl.run.config import JustRLConfig, ScriptArguments
+    from reasonrl.run.data import load_prompts
+    from reasonrl.trainer.trainer import ClipHigherGRPOTrainer
 
-    script_args, training_args, model_args = TrlParser((tg.ScriptArguments, tg.JustRLConfig, ModelConfig)) \
+    script_args, training_args, model_args = TrlParser((ScriptArguments, JustRLConfig, ModelConfig)) \
         .parse_args_and_config(args=argv)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
     train_ds, _ = load_prompts(script_args, tokenizer)
     training_args.model_init_kwargs = {"dtype": getattr(torch, model_args.dtype)}
-    trainer = tg.ClipHigherGRPOTrainer(model=model_args.model_name_or_path,
-                                       reward_funcs=load_reward_funcs(script_args.reward_funcs, script_args.reward_kwargs),
-                                       args=training_args, train_dataset=train_ds, processing_class=tokenizer)
+    trainer = ClipHigherGRPOTrainer(model=model_args.model_name_or_path,
+                                    reward_funcs=load_reward_funcs(script_args.reward_funcs, script_args.reward_kwargs),
+                                    args=training_args, train_dataset=train_ds, processing_class=tokenizer)
     return trainer, tokenizer, script_args
 
 
 def sequences(tokenizer, heldout_file, n=8):
     """Token ids of n held-out prompts (chat template) followed by their correct worked solution."""
-    import tiny
-    from data import build_prompt
+    from reasonrl.demo import tiny
+    from reasonrl.run.data import build_prompt
 
     out = []
     for p in tiny.load_problems(heldout_file)[:n]:

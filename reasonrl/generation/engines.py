@@ -91,7 +91,7 @@ def _model_context(model: str) -> int:
     return AutoConfig.from_pretrained(model).max_position_embeddings
 
 
-def _vllm_batches(llm, requests: list[dict], sampling: dict):
+def vllm_batches(llm, requests: list[dict], sampling: dict):
     """Lists of (request, output) pairs from one engine, 256 requests at a time, so finished samples reach the
     output file early. Each request carries its own seed: a sample does not depend on its batch."""
     from vllm import SamplingParams
@@ -117,7 +117,7 @@ def _vllm_worker(gpu: str, requests: list[dict], model: str, sampling: dict, arg
 
         llm = LLM(**vllm_engine_kwargs(model, args, cpu=False))
         try:
-            for batch in _vllm_batches(llm, requests, sampling):
+            for batch in vllm_batches(llm, requests, sampling):
                 queue.put(batch)
         finally:  # this process exits only once its engine's process is gone
             llm.llm_engine.engine_core.shutdown()
@@ -159,7 +159,7 @@ def generate_vllm(requests: list[dict], model: str, sampling: dict, args):
     import torch
 
     if not torch.cuda.is_available():
-        for batch in _vllm_batches(cpu_engine(model, args), requests, sampling):
+        for batch in vllm_batches(cpu_engine(model, args), requests, sampling):
             yield from batch
         return
     gpus = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(torch.cuda.device_count())))).split(",")

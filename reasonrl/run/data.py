@@ -1,7 +1,7 @@
 """Training data: a recipe's dataset (Hub id or local file) -> chat prompts with JustRL's template, ground truths
 and row ids; duplicates and too-long prompts dropped and counted.
 
-train_grpo.py, stages.py (hard-prompt selection) and tiny.py build prompts here, so what a model is trained on,
+train_grpo.py, stages.py (hard-prompt selection) and reasonrl/demo/tiny.py build prompts here, so what a model is trained on,
 selected on and warm-started on is the same text. Nothing to run on its own; to see a recipe's data counts:
 
     python train_grpo.py --config recipes/justrl.yaml --dry_run   # the resolved config (loads no data)
@@ -55,7 +55,7 @@ def load_rows(source: str, config: str | None = None, split: str = "train"):
 
 def load_prompts(args, tokenizer, path: str | None = None):
     """Rows of {prompt (chat messages), solution (ground truth), row_id}; duplicates and long prompts dropped as
-    configured. row_id is the row's index in load_rows(). `args` holds train_grpo.ScriptArguments' data fields.
+    configured. row_id is the row's index in load_rows(). `args` holds ScriptArguments' data fields (reasonrl/run/config.py).
     Returns (dataset, counts)."""
     source = path or args.dataset_name
     ds = load_rows(source, args.dataset_config, args.dataset_split)

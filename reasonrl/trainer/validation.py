@@ -1,9 +1,11 @@
 """Validation inside training, as JustRL ran it: benchmarks sampled with the run's own generation engine before
 training and every N generation steps, graded, and logged as curves (JustRL's Figure 1 is such a curve).
+One job, over 400 lines: validation, from its settings to its files (the benchmarks and their files come from
+reasonrl/grading/benchmarks.py, the engines from reasonrl/generation/engines.py).
 
 JustRL's launch script (veRL 0.4): val_before_train, test_freq 50 generation steps, AIME24 / AIME25 / AMC23, n 32,
 temperature 0.7, top_p 0.9, 31744 new tokens, graded by veRL's math-verify rule, logged per benchmark as the mean
-score (avg@32). veRL also validates after the last step; so does this. Recipe keys (train_grpo.ScriptArguments):
+score (avg@32). veRL also validates after the last step; so does this. Recipe keys (reasonrl/run/config.py's ScriptArguments):
 validation_benchmarks (eval.py's names, NAME=path as eval.py's --extra, or `heldout`: the recipe's heldout_file, left
 out when that is unset), validation_data_dir, validation_every_generation_steps, validation_before_training,
 validation_n_samples, validation_temperature, validation_top_p, validation_max_new_tokens, validation_grader
@@ -79,11 +81,11 @@ def _math_verify_metric():
 
 def grade_responses(pairs: list[tuple[str, str]], grader: str) -> list[bool]:
     """(response, answer) pairs -> verdicts under `grader`: "math_verify" (veRL's rule, as JustRL's curves were
-    graded) or "eval" (eval.py's rule grader, grading.grade)."""
+    graded) or "eval" (eval.py's rule grader, grader.grade)."""
     if grader == "math_verify":
         return [math_verify_rule(response, answer) for response, answer in pairs]
     if grader == "eval":
-        from grading import grade_many
+        from reasonrl.grading.grader import grade_many
         return grade_many(pairs)
     raise ValueError(f"validation_grader: {grader!r} is not one of {list(GRADERS)}")
 
@@ -105,7 +107,7 @@ def share_of(requests: list[dict], rank: int, world: int) -> list[dict]:
 
 
 def curve_scalars(name: str, metrics: dict) -> dict[str, float]:
-    """TensorBoard scalars of one benchmark's eval_report.benchmark_metrics: avg@k and pass@k in percent, mean
+    """TensorBoard scalars of one benchmark's report.benchmark_metrics: avg@k and pass@k in percent, mean
     response tokens, fraction of responses cut at the token limit."""
     k = metrics["n_samples"]
     return {f"validation/{name}/avg@{k}": 100 * metrics["avg_at_k"],
@@ -126,7 +128,7 @@ def check_settings(script_args, training_args=None) -> None:
                          "(validation_before_training: false, validation_every_generation_steps: 0).")
     if script_args.validation_grader not in GRADERS:
         raise ValueError(f"validation_grader: {script_args.validation_grader!r} is not one of {list(GRADERS)}")
-    from eval import BENCHMARKS, parse_extra
+    from reasonrl.grading.benchmarks import BENCHMARKS, parse_extra
 
     for spec in script_args.validation_benchmarks:
         if "=" in spec:
@@ -169,7 +171,7 @@ def enabled(script_args) -> bool:
 
 def eval_args(script_args):
     """eval.py's settings for the validation keys (its benchmark loading, requests and output format are reused)."""
-    from eval import PROMPT_TEMPLATE, EvalArgs, parse_extra
+    from reasonrl.grading.benchmarks import PROMPT_TEMPLATE, EvalArgs, parse_extra
 
     specs = benchmark_specs(script_args)
     if "heldout" in script_args.validation_benchmarks and not script_args.heldout_file:
@@ -190,7 +192,7 @@ def eval_args(script_args):
 def load_benchmarks(script_args) -> tuple[object, dict]:
     """(EvalArgs, {name: (problems, n_samples, source)}); fails at start-up on a missing file or column."""
     args = eval_args(script_args)
-    from eval import load_benchmark
+    from reasonrl.grading.benchmarks import load_benchmark
 
     return args, {name: load_benchmark(name, args) for name in args.benchmarks}
 
@@ -205,7 +207,8 @@ def _engine(trainer) -> str:
 
 
 class Validation:
-    """Runs validations for one trainer (see the module docstring); `callback()` hooks it into the Trainer."""
+    """Runs validations for one trainer (see the module docstring); `check_engine_length()` checks a vLLM engine's
+    context at start-up, `callback()` hooks the validations into the Trainer."""
 
     def __init__(self, trainer, script_args, tokenizer, loaded=None):
         self.trainer, self.script_args, self.tokenizer = trainer, script_args, tokenizer
@@ -249,8 +252,6 @@ class Validation:
 
         validation = self
 
-        self.check_engine_length()
-
         class ValidationCallback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
                 if state.global_step == 0:
@@ -276,7 +277,7 @@ class Validation:
             self.run(step)
 
     def requests(self) -> list[dict]:
-        from eval import plan_requests
+        from reasonrl.grading.benchmarks import plan_requests
 
         chunk = self.args.batch_size if self.engine == "transformers" else 1
         return [r for name, (problems, n, _) in self.benchmarks.items()
@@ -301,7 +302,7 @@ class Validation:
         if self.engine == "vllm_server":
             outputs = outputs[trainer.accelerator.process_index::trainer.accelerator.num_processes]
         verdicts = grade_responses([(r["response"], r["answer"]) for r in outputs], self.script_args.validation_grader)
-        from grading import extract_answer
+        from reasonrl.grading.grader import extract_answer
         for r, ok in zip(outputs, verdicts):
             r.update(extracted=extract_answer(r["response"]), rule_correct=bool(ok), verifier_correct=None,
                      correct=bool(ok))
@@ -321,7 +322,7 @@ class Validation:
         if self.engine == "transformers":
             from trl.models import unwrap_model_for_generation
 
-            from generation import sample_transformers
+            from reasonrl.generation.engines import sample_transformers
             mine = share_of(requests, acc.process_index, acc.num_processes)
             with unwrap_model_for_generation(trainer.model_wrapped, acc,
                                              gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
@@ -342,12 +343,12 @@ class Validation:
             gen.sync_weights()
             trainer._last_loaded_step = trainer.state.global_step
         if self.engine == "vllm_colocate":
-            from generation import _vllm_batches
+            from reasonrl.generation.engines import vllm_batches
             mine = share_of(requests, acc.process_index, acc.num_processes)
             if gen.enable_sleep_mode:  # as TRL's generate: KV cache up for sampling, everything asleep after
                 gen.llm.wake_up(tags=["kv_cache"])
             try:
-                pairs = [pair for batch in _vllm_batches(gen.llm, mine, sampling) for pair in batch]
+                pairs = [pair for batch in vllm_batches(gen.llm, mine, sampling) for pair in batch]
             finally:
                 if gen.enable_sleep_mode:
                     gen.llm.sleep(level=2)
@@ -361,8 +362,8 @@ class Validation:
 
     def _write(self, step: int, records: list[dict], seconds: float) -> dict:
         """Main process: eval.py's files for this step, metrics.jsonl, the curve PNG, TensorBoard, one log line."""
-        import eval_report
-        from eval import run_config, write_canonical
+        from reasonrl.grading import report
+        from reasonrl.grading.benchmarks import run_config, write_canonical
 
         trainer = self.trainer
         out = self.dir / f"step_{step}"
@@ -371,7 +372,7 @@ class Validation:
         for name in self.benchmarks:
             rows = [{k: v for k, v in r.items() if k != "benchmark"} for r in records if r["benchmark"] == name]
             write_canonical(out / f"{name}.jsonl", rows)
-            per_benchmark[name] = eval_report.benchmark_metrics(rows)
+            per_benchmark[name] = report.benchmark_metrics(rows)
         sources = {name: {"source": src, "n_samples": n} for name, (_, n, src) in self.benchmarks.items()}
         model = f"{trainer.args.output_dir} at generation step {step}"
         config = run_config(self.args, model, self.engine, sources)
@@ -379,8 +380,8 @@ class Validation:
         config["training"] = {"generation_step": step, "global_step": trainer.state.global_step,
                               "seconds": round(seconds, 3)}
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        results = eval_report.summarize(per_benchmark, model)
-        eval_report.write_results(out, results)  # results.json last: its presence marks the validation done
+        results = report.summarize(per_benchmark, model)
+        report.write_results(out, results)  # results.json last: its presence marks the validation done
         scalars = {key: value for name, m in per_benchmark.items() for key, value in curve_scalars(name, m).items()}
         scalars["validation/time_s"] = seconds
         line = {"generation_step": step, "global_step": trainer.state.global_step, "seconds": round(seconds, 3),
@@ -404,12 +405,12 @@ class Validation:
 
     def _plot(self) -> None:
         """validation/accuracy_vs_step.png from every completed step directory (a resumed run's included)."""
-        import eval_report
+        from reasonrl.grading import report
 
         done = sorted((int(d.name.removeprefix("step_")), str(d)) for d in self.dir.glob("step_*")
                       if (d / "results.json").exists())
         try:
-            eval_report.plot_runs([d for _, d in done], self.dir / "accuracy_vs_step.png", [s for s, _ in done],
+            report.plot_runs([d for _, d in done], self.dir / "accuracy_vs_step.png", [s for s, _ in done],
                                   xlabel="generation step")
         except Exception as error:  # a plot must never stop a training run
             print(f"[validation] could not draw {self.dir / 'accuracy_vs_step.png'}: {error}", file=sys.stderr)

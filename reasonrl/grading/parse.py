@@ -1,7 +1,7 @@
-"""Reading math answers for grading.py: an answer string -> a structure of atoms -> each atom's value.
+"""Reading math answers for reasonrl/grading/grader.py: an answer string -> a structure of atoms -> each atom's value.
 
   parse_structure   tuples, intervals, sets, bare lists, unions, matrices and "(p, q) = (3, 2)", split as
-                    strings into atoms (layer 0 of grading.py)
+                    strings into atoms (layer 0 of reasonrl/grading/grader.py)
   normalize         one atom -> (value string, unit): Hendrycks MATH normalisation plus units, \\text{},
                     degrees, percent, dollars and thousands separators (layer 1)
   to_number         a normalised atom -> an exact Fraction and the precision a decimal states (layer 2)

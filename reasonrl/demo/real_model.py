@@ -15,8 +15,8 @@ train_grpo.py calls `ensure_real_assets` first (recipe key `prepare_assets`). Bu
     train.parquet, test.parquet       the task (TASK below) in DAPO-Math-17k's schema; no problem is in both
 
 Commands:
-    python real_model.py --out .cache/smollm2              # fetch, convert, write the data (once); print the paths
-    python real_model.py --out .cache/smollm2 --accuracy recipes/real_cpu.yaml   # + held-out greedy accuracy
+    python -m reasonrl.demo.real_model --out .cache/smollm2     # fetch, convert, write the data (once); print the paths
+    python -m reasonrl.demo.real_model --out .cache/smollm2 --accuracy recipes/real_cpu.yaml  # + held-out greedy accuracy
     accelerate launch --config_file accelerate_configs/cpu.yaml train_grpo.py --config recipes/real_cpu.yaml
 """
 
@@ -173,14 +173,14 @@ def ensure_real_assets(out: str = ".cache/smollm2", rebuild: bool = False, seed:
 
 
 def heldout_greedy_accuracy(model_dir: str, test_parquet: str, recipe: str) -> float:
-    """train_grpo.heldout_accuracy (strict-box DAPO rule, greedy) of a checkpoint on a DAPO-schema file, with the
+    """heldout_accuracy (reasonrl/trainer/heldout.py) (strict-box DAPO rule, greedy) of a checkpoint on a DAPO-schema file, with the
     recipe's prompt (system prompt, suffix) and heldout_max_new_tokens: the summary.json numbers of a training run."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stages import read_recipe
-    from data import load_prompts
-    from train_grpo import heldout_accuracy
+    from reasonrl.run.config import read_recipe
+    from reasonrl.run.data import load_prompts
+    from reasonrl.trainer.heldout import heldout_accuracy
 
     script, _ = read_recipe(recipe, ["--dataset_name", test_parquet])
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -1,6 +1,6 @@
 """vLLM generation for TRL's GRPOTrainer when the trainer runs on a CPU: colocated engines and `trl vllm-serve`.
 
-TRL 1.16's VLLMGeneration assumes CUDA in three places. `train_grpo.ClipHigherGRPOTrainer` uses the subclass below
+TRL 1.16's VLLMGeneration assumes CUDA in three places. `ClipHigherGRPOTrainer` (reasonrl/trainer/trainer.py) uses the subclass below
 instead, only when its device is the CPU (on GPUs TRL's code runs untouched, NCCL weight transfer included):
   1. Weight sync. vLLM's CPU backend repacks every linear layer for oneDNN once its weights are loaded and drops the
      checkpoint-format tensor, so TRL's per-parameter `model.load_weights` fails ("'Parameter' object has no
@@ -16,7 +16,7 @@ instead, only when its device is the CPU (on GPUs TRL's code runs untouched, NCC
      generation batch (the sequences TRL generates at once x vllm_max_model_length, by default the model's context)
      instead of a fraction of GPU memory; VLLM_CPU_KVCACHE_SPACE (GiB) overrides it. Chunked prefill is off: vLLM's
      CPU runner cannot rewind a seeded request's generator when a prompt's prefill is split over two steps ("CPU
-     Generator does not use offset"), and validation (grpo/validation.py) samples with per-request seeds. For the
+     Generator does not use offset"), and validation (reasonrl/trainer/validation.py) samples with per-request seeds. For the
      same reason a CPU server for a run that validates must be started with --no-enable-chunked-prefill.
 
 Commands (the tiny recipe; README "vLLM on a CPU" has the timings):

@@ -7,6 +7,8 @@
     check_config_file a `--config` recipe that is missing, not a YAML mapping, or holds a value of the wrong type
                       ("32" for a number, a string for a list) fails here, naming the key, before anything loads
     json_option       `--reward_kwargs` / `--prepare_kwargs` given as JSON text -> a dict, or an error naming the flag
+    import_function   the function a recipe names by `module.function` (prepare_assets), or an error naming the key
+    bf16_gpu_assumed  while open, transformers takes this machine for a bf16 GPU (the dry run plans for GPU clusters)
 
 Pure functions: nothing here loads a model or data. The command that shows them for a recipe and a cluster shape:
 
@@ -15,11 +17,13 @@ Pure functions: nothing here loads a model or data. The command that shows them 
 
 import dataclasses
 import enum
+import importlib
 import json
 import os
 import re
 import types
 import typing
+from contextlib import contextmanager
 from dataclasses import asdict
 
 NONFINITE_KEY = "nonfinite_grad_updates_skipped"  # logged: updates skipped for a NaN/inf gradient norm
@@ -89,8 +93,8 @@ def precision_plan(dtype: str, bf16: bool, fp16: bool = False, zero_stage: int |
 
 
 def validation_plan(script_args, training_args) -> dict | str:
-    """What in-training validation (grpo/validation.py) will do, in words and numbers, for the dry run."""
-    from grpo.validation import benchmark_specs, enabled
+    """What in-training validation (reasonrl/trainer/validation.py) will do, in words and numbers, for the dry run."""
+    from reasonrl.trainer.validation import benchmark_specs, enabled
 
     s = script_args
     if not enabled(s):
@@ -286,3 +290,30 @@ def json_option(value, key: str, example: str) -> dict | None:
         raise ValueError(f"--{key} {value!r} is JSON {type(parsed).__name__}, expected an object, e.g. --{key} "
                          f"'{example}'")
     return parsed
+
+
+def import_function(path: str, key: str):
+    """The function a recipe names by `module.function` (recipe key `key`); fails at start-up on a typo."""
+    module_name, _, name = path.rpartition(".")
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"{key}: cannot import {path!r} ({error}); give module.function, e.g. "
+                         "reasonrl.demo.real_model.ensure_real_assets") from error
+    if not callable(function):
+        raise ValueError(f"{key}: {path!r} is not a function")
+    return function
+
+
+@contextmanager
+def bf16_gpu_assumed():
+    """While open, transformers' check of this machine for a bf16 GPU answers yes; restored on exit. A dry run plans
+    for GPU machines from any machine, and GRPOConfig (TrainingArguments) refuses bf16: true without such a GPU."""
+    import transformers.training_args
+
+    probe = transformers.training_args.is_torch_bf16_gpu_available
+    transformers.training_args.is_torch_bf16_gpu_available = lambda: True
+    try:
+        yield
+    finally:
+        transformers.training_args.is_torch_bf16_gpu_available = probe

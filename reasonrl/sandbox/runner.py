@@ -1,5 +1,8 @@
 """Run one untrusted Python program in a throwaway, isolated process and capture what it prints.
 
+One job, over 400 lines: the isolation layers below and the checks that each holds on this host (`execute`,
+`choose_backend`); the code reward that uses it is reasonrl/sandbox/code_reward.py.
+
 Model-written code is hostile. Every call to `execute` starts one fresh sandbox (nothing is reused
 between calls, and no model code ever runs in the caller's process):
 

@@ -29,7 +29,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import sandbox
+from reasonrl.sandbox import runner as sandbox
 
 PYTHON_TAGS = {"", "python", "py", "python3"}
 RESULT_MARKER = "@@CODE_REWARD_RESULT@@"

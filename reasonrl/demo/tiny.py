@@ -15,8 +15,8 @@ pipeline in minutes and show it learning. Built once and cached under `--tiny_di
 
 Commands (train_grpo.py calls `ensure_tiny_assets` itself: recipes/tiny.yaml names it as `prepare_assets`):
 
-    python tiny.py --tiny_dir .cache/tiny            # build (or reuse) everything, print held-out accuracy
-    python tiny.py --tiny_dir .cache/tiny --rebuild  # build again from scratch
+    python -m reasonrl.demo.tiny --tiny_dir .cache/tiny            # build (or reuse) everything, print held-out accuracy
+    python -m reasonrl.demo.tiny --tiny_dir .cache/tiny --rebuild  # build again from scratch
 """
 
 import argparse
@@ -103,7 +103,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2ForCa
 
 
 def _prompt_text(tokenizer, problem: str) -> str:
-    from data import build_prompt  # the JustRL prompt, exactly as training builds it
+    from reasonrl.run.data import build_prompt  # the JustRL prompt, exactly as training builds it
 
     return tokenizer.apply_chat_template(build_prompt(problem), tokenize=False, add_generation_prompt=True)
 
@@ -142,11 +142,11 @@ def sft_warm_start(model, tokenizer, problems: list[dict], steps: int = SFT_STEP
 
 
 def greedy_accuracy(model, tokenizer, problems: list[dict], max_new_tokens: int = 48) -> float:
-    """Held-out greedy accuracy of {problem, answer} dicts: train_grpo.heldout_accuracy (strict-box DAPO rule)."""
+    """Held-out greedy accuracy of {problem, answer} dicts: heldout_accuracy (reasonrl/trainer/heldout.py) (strict-box DAPO rule)."""
     from datasets import Dataset
 
-    from data import build_prompt
-    from train_grpo import heldout_accuracy
+    from reasonrl.run.data import build_prompt
+    from reasonrl.trainer.heldout import heldout_accuracy
 
     rows = Dataset.from_dict({"prompt": [build_prompt(p["problem"]) for p in problems],
                               "solution": [p["answer"] for p in problems]})
@@ -189,7 +189,7 @@ def ensure_tiny_assets(tiny_dir: str = ".cache/tiny", rebuild: bool = False, see
 
 
 def _build(tiny_dir: str, paths: dict, marker: str, seed: int) -> dict:
-    from data import JUSTRL_SUFFIX
+    from reasonrl.run.data import JUSTRL_SUFFIX
     test = make_arithmetic_problems(N_TEST, seed=seed + 1)
     train = make_arithmetic_problems(N_TRAIN, seed=seed, exclude={p["problem"] for p in test})
     corpus = [p["problem"] + JUSTRL_SUFFIX + " " + worked_solution(p["a"], p["b"], forget_carry=i % 2 == 1)

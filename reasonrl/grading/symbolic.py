@@ -1,6 +1,6 @@
-"""Layer 3 of grading.py: are two normalised LaTeX atoms equal, by sympy? Never "yes" on doubt.
+"""Layer 3 of reasonrl/grading/grader.py: are two normalised LaTeX atoms equal, by sympy? Never "yes" on doubt.
 
-grading.py decides everything it can on strings and exact numbers, and calls `equal(pred, ref)` in a
+reasonrl/grading/grader.py decides everything it can on strings and exact numbers, and calls `equal(pred, ref)` in a
 killable child process for the rest. This module turns each side into sympy with latex2sympy2_extended
 (the parser math-verify uses) and answers True only on proof or near-proof:
 

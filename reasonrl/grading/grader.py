@@ -5,7 +5,7 @@ This grader keeps that contract and tightens it in both directions: it accepts m
 (units, `x = 5` for `5`, sets in any order, `1 \\pm \\sqrt{2}`, 4.49e33 for a reference of 4.5e33) and it
 never accepts an answer that is only close. Layers, fastest first; a layer that cannot decide defers:
 
-  0. Structure (grading_parse.parse_structure). Both answers are split, as strings, into atoms inside
+  0. Structure (parse.parse_structure). Both answers are split, as strings, into atoms inside
      tuples `(a, b)` or `(0; -2; 6)`, intervals `[a, b)`, sets `\\{a, b\\}` or `{a, b}`, bare lists
      `a, b` (also "a or b", "a; b"), unions `A \\cup B` and matrices; a named tuple `(p, q) = (3, 2)` is
      its values, ordered by its names when both sides name them. Tuples and intervals compare element
@@ -13,7 +13,7 @@ never accepts an answer that is only close. Layers, fastest first; a layer that 
      lists compare in any order. A set (braces, or a list of tuples: the solutions of a system) may
      repeat an element; a bare list of numbers is a multiset, so "3, 4, 4" is not "3, 3, 4". Union
      pieces compare in any order. Doing this on strings avoids sympy's ambiguity of `(1, 2)`.
-  1. Strings (grading_parse.normalize). Hendrycks MATH `strip_string`-style normalisation plus units,
+  1. Strings (parse.normalize). Hendrycks MATH `strip_string`-style normalisation plus units,
      \\text{}, degrees, percent, dollars and thousands separators; equal strings are equal answers.
      Letters A-E in a multiple-choice reference must match exactly. `x = 5` matches `5`; `x = 5` never
      matches `y = 5`. Nothing that changes the meaning is normalised away: letters after a number are a
@@ -26,7 +26,7 @@ never accepts an answer that is only close. Layers, fastest first; a layer that 
      "1.6" accepts 1.62 and 8/5 but not 1.5 or 2, and "0.33" accepts 1/3. Integers and fractions are
      exact: "\\frac{1}{3}" rejects 0.33 and 0.333333. A mixed number is a whole answer `2\\frac{1}{2}`
      or `2 1/2` with a proper fraction (the MATH convention).
-  3. Symbols (grading_symbolic.equal), in a forked child process that is killed after `timeout_s`:
+  3. Symbols (symbolic.equal), in a forked child process that is killed after `timeout_s`:
      latex2sympy2_extended parses each atom, conservatively (see that module: `\\gamma` is a symbol,
      juxtaposition is multiplication, a parse that could lose information is refused), and
      `simplify(a - b) == 0` decides; constants are compared to 45 digits instead, which decides nested
@@ -39,7 +39,7 @@ never accepts an answer that is only close. Layers, fastest first; a layer that 
 
 Use:
 
-    from grading import grade, grade_many, extract_answer
+    from reasonrl.grading.grader import grade, grade_many, extract_answer
     grade("... so the answer is $\\boxed{\\dfrac{1}{2}}$.", "0.5")            # True
     grade_many([(response, answer), ...], workers=8, progress=True)         # list[bool], in order
 
@@ -57,10 +57,10 @@ from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
 from functools import lru_cache
 
-import grading_symbolic
+from reasonrl.grading import symbolic
 # normalize, numbers_equal, strip_string and to_number are re-exported for the tests and benchmarks/bench_grader.py.
-from grading_parse import normalize, numbers_equal, parse_structure, prepare, strip_string, to_number  # noqa: F401
-from reward import check_solutions, completion_text, extract_boxed, log_accuracy
+from reasonrl.grading.parse import normalize, numbers_equal, parse_structure, prepare, strip_string, to_number  # noqa: F401
+from reasonrl.grading.answers import check_solutions, completion_text, extract_boxed, log_accuracy
 
 # Longer predictions are refused (after a string check): no correct boxed answer in the benchmarks is
 # close to this, and it bounds every regex and parse below.
@@ -247,17 +247,17 @@ def atoms_equal_fast(pred: str, ref: str) -> bool | None:
 
 
 def atoms_equal_symbolic(pred: str, ref: str) -> bool:
-    """Layer 3 for one atom (grading_symbolic.equal); a decimal reference states its precision here too."""
+    """Layer 3 for one atom (symbolic.equal); a decimal reference states its precision here too."""
     fast = atoms_equal_fast(pred, ref)
     if fast is not None:
         return fast
     pv, rv = _assignment_sides(normalize(pred)[0], normalize(ref)[0])
     rn = to_number(rv)
     if rn and rn[1] is not None:
-        value = grading_symbolic.real_value(pv)
+        value = symbolic.real_value(pv)
         if value is not None:
             return numbers_equal(Fraction(str(value)), rn[0], rn[1])
-    return grading_symbolic.equal(pv, rv)
+    return symbolic.equal(pv, rv)
 
 
 def _in_child(fn, timeout_s: float) -> bool:
@@ -292,7 +292,7 @@ def _in_child(fn, timeout_s: float) -> bool:
 def _warm_parser() -> None:
     # The ANTLR tables and sympy's simplify machinery load lazily (~0.5 s); load them once in the parent
     # so that every forked child inherits them instead of paying again.
-    grading_symbolic.warm()
+    symbolic.warm()
 
 
 # ---------------------------------------------------------------- public API
@@ -357,7 +357,7 @@ def grade_many(
 
 
 def make_robust_reward(correct: float = 1.0, incorrect: float = -1.0, timeout_s: float = 2.0):
-    """JustRL's "robust verifier" ablation: eval.py's symbolic grader (grading.grade: last box, normalised string,
+    """JustRL's "robust verifier" ablation: eval.py's symbolic grader (grader.grade: last box, normalised string,
     numeric and sympy equivalence) instead of exact string matching; `correct` / `incorrect`; logs "accuracy"."""
 
     def robust_reward(completions, solution=None, **kwargs):

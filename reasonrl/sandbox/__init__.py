@@ -1,0 +1,1 @@
+"""Model-written programs: isolated execution and the test-case reward."""
