@@ -5,7 +5,7 @@ train_grpo.py, stages.py (hard-prompt selection) and reasonrl/demo/tiny.py build
 selected on and warm-started on is the same text. Nothing to run on its own; to see a recipe's data counts:
 
     python train_grpo.py --config recipes/justrl.yaml --dry_run   # the resolved config (loads no data)
-    python -c "import data; print(data.build_prompt('What is 1+1?'))"
+    python -c "from reasonrl.run import data; print(data.build_prompt('What is 1+1?'))"
 """
 
 import json

@@ -18,7 +18,7 @@ Conventions (what exactly is compared):
   (tuples become lists), must equal the expected value, or its one-element wrapper [value] (TACO
   stores some outputs wrapped that way, and the TACO/APPS harness accepts both).
 
-    python -c "import code_reward as c; print(c.code_reward('```python\\nprint(int(input())*2)\\n```',
+    python -c "from reasonrl.sandbox import code_reward as c; print(c.code_reward('```python\\nprint(int(input())*2)\\n```',
                [{'input': '21\\n', 'output': '42\\n'}]))"
     python -m pytest tests/test_code_reward.py -q
 """

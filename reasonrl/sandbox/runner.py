@@ -31,7 +31,7 @@ Backends, strongest first: "bwrap" (bubblewrap; install with scripts/install_san
 "unshare" (util-linux, needs root), and, only when asked for with allow_unsafe=True or
 SANDBOX_ALLOW_UNSAFE=1, "unsafe" (rlimits and a throwaway uid only, no namespaces).
 
-    python -c "import sandbox; print(sandbox.execute('print(input()[::-1])', stdin='abc\\n'))"
+    python -c "from reasonrl.sandbox import runner; print(runner.execute('print(input()[::-1])', stdin='abc\\n'))"
     python -m pytest tests/test_sandbox.py -q
     python -m benchmarks.bench_sandbox
 """
