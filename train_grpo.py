@@ -25,7 +25,7 @@ How this departs from TRL's stock GRPOTrainer, and why:
   5. Logged besides TRL's metrics: accuracy (reward.py), fractions of tokens clipped low / high / by the dual clip,
      time per phase (generation, reward, update), and the dataset rows of every generation step
      (`<output_dir>/data_order/`), which shows that a resumed run neither skips nor repeats a prompt.
-  6. The update computes only real tokens (reasonrl/trainer/packing.py). TRL pads a process's whole generation to its
+  6. The update computes little padding (reasonrl/trainer/packing.py). TRL pads a process's whole generation to its
      longest response and runs every micro-batch, and every old-policy / reference log-prob chunk, at that width: at
      JustRL's lengths 1.9-3.4x the real tokens. Here each micro-batch and chunk is trimmed to its own longest prompt
      and response, and inside each optimizer update (each process, its own share) responses of similar length share a
@@ -91,7 +91,7 @@ from reward import load_reward_funcs
 
 def configure(argv: list[str]):
     """Everything a run is told, checked before anything loads or is written (bad input fails naming the key):
-    (script_args, training_args, model_args, reward_funcs, prepare)."""
+    (script_args, training_args, model_args, reward_funcs, prepare, loss_fn)."""
     check_config_file(argv, (ScriptArguments, JustRLConfig, ModelConfig))
     parser = TrlParser((ScriptArguments, JustRLConfig, ModelConfig))
     script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
@@ -105,8 +105,9 @@ def configure(argv: list[str]):
     reward_funcs = [time_limited(f, script_args.reward_timeout_s)  # an unknown reward name fails here
                     for f in load_reward_funcs(script_args.reward_funcs, reward_kwargs)]
     prepare = import_function(script_args.prepare_assets, "prepare_assets") if script_args.prepare_assets else None
+    loss_fn = import_function(training_args.policy_loss, "policy_loss")
     validation.check_settings(script_args, training_args)
-    return script_args, training_args, model_args, reward_funcs, prepare
+    return script_args, training_args, model_args, reward_funcs, prepare, loss_fn
 
 
 def main(argv=None):
@@ -114,7 +115,7 @@ def main(argv=None):
     dry_run = any(a == "--dry_run" or a.startswith("--dry_run=") for a in argv)
     # configuration; a dry run plans for GPU machines from any machine, so it skips the check of this one for bf16
     with bf16_gpu_assumed() if dry_run else nullcontext():
-        script_args, training_args, model_args, reward_funcs, prepare = configure(argv)
+        script_args, training_args, model_args, reward_funcs, prepare, loss_fn = configure(argv)
         if script_args.dry_run:
             world = script_args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
             print(json.dumps(resolved_config(script_args, training_args, model_args, world), indent=2, default=str))
@@ -140,7 +141,10 @@ def main(argv=None):
         tokenizer.pad_token = tokenizer.eos_token
     with training_args.main_process_first(desc="prompts"):  # the main process fills the datasets cache
         train_ds, counts = load_prompts(script_args, tokenizer)
-        heldout = load_prompts(script_args, tokenizer, path=script_args.heldout_file)[0] if script_args.heldout_file else None
+        # summary.json's held-out accuracy: read from validation when it measures the same thing, else measured here
+        from_validation = validation.measures_heldout(script_args)
+        heldout = (load_prompts(script_args, tokenizer, path=script_args.heldout_file)[0]
+                   if script_args.heldout_file and not from_validation else None)
         # validation benchmarks: a missing file or column fails here, before the model loads
         validation_data = validation.load_benchmarks(script_args) if validation.enabled(script_args) else None
     print(f"[data] {json.dumps(counts)}", flush=True)
@@ -155,7 +159,7 @@ def main(argv=None):
                                        "attn_implementation": model_args.attn_implementation}
     trainer = ClipHigherGRPOTrainer(model=model_args.model_name_or_path, reward_funcs=reward_funcs,
                                     args=training_args, train_dataset=train_ds, processing_class=tokenizer,
-                                    data_order_path=data_order_path)
+                                    data_order_path=data_order_path, loss_fn=loss_fn)
     if validation_data is not None:
         run_validation = validation.Validation(trainer, script_args, tokenizer, validation_data)
         run_validation.check_engine_length()  # now, not at the first validation hours later
@@ -190,6 +194,11 @@ def main(argv=None):
         from trl.models import unwrap_model_for_generation
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as unwrapped:
             summary["accuracy_after"] = heldout_accuracy(unwrapped, tokenizer, heldout, script_args.heldout_max_new_tokens)
+    elif from_validation and trainer.accelerator.is_main_process:  # its files are written by the main process
+        summary["accuracy_before"] = validation.heldout_accuracy_at(out, 0)
+        summary["accuracy_after"] = validation.heldout_accuracy_at(out, run_validation.last_step)
+        summary["heldout_source"] = (f"validation/step_0 and step_{run_validation.last_step} (greedy, graded by "
+                                     f"{script_args.validation_grader})")
     logs = defaultdict(list)
     for entry in trainer.state.log_history:
         for key in ("reward", "accuracy", "entropy", "completions/mean_length"):

@@ -69,6 +69,12 @@ def test_malformed_reward_kwargs_json_names_the_flag(tmp_path):
         train(tmp_path, "--config", TINY, "--reward_kwargs", "{dapo: 1}", "--dry_run")
 
 
+def test_a_policy_loss_that_cannot_be_imported_names_the_key_at_start_up(tmp_path):
+    with pytest.raises(ValueError, match=r"^policy_loss: cannot import 'my_losss\.cispo' \(No module named 'my_losss'\); "
+                                         r"give module\.function"):
+        train(tmp_path, "--config", recipe(tmp_path, policy_loss="my_losss.cispo"), "--dry_run")
+
+
 def test_malformed_prepare_kwargs_json_names_the_flag(tmp_path):
     with pytest.raises(ValueError, match=r"--prepare_kwargs '\{\"tiny_dir\": \.cache\}' is not valid JSON"):
         train(tmp_path, "--config", TINY, "--prepare_kwargs", '{"tiny_dir": .cache}', "--dry_run")

@@ -713,7 +713,7 @@ def test_training_goes_through_policy_loss(tiny_assets, tmp_path, monkeypatch):
         loss, fractions = real(logps, *args, **kwargs)
         return loss * 0.0, fractions
 
-    monkeypatch.setattr("reasonrl.trainer.trainer.policy_loss", zero_loss)
+    monkeypatch.setattr("reasonrl.trainer.loss.policy_loss", zero_loss)  # what the recipe key policy_loss names
     tg.main(tiny_argv(tiny_assets, tmp_path / "zero", "--total_generation_steps", "2", "--weight_decay", "0",
                       "--prompts_per_step", "4", "--per_device_train_batch_size", "16", "--heldout_file", "",
                       "--save_strategy", "no"))

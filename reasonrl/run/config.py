@@ -86,6 +86,9 @@ class JustRLConfig(GRPOConfig):
         "help": "veRL: decay every parameter. false: transformers' Trainer exempts biases and norm weights."})
     group_update_by_length: bool = field(default=True, metadata={
         "help": "Inside each update, micro-batches of responses of similar length (same gradient; reasonrl/trainer/packing.py)."})
+    policy_loss: str = field(default="reasonrl.trainer.loss.policy_loss", metadata={
+        "help": "module.function computing each micro-batch's loss, with reasonrl.trainer.loss.policy_loss's "
+                "signature and return value (README: Change it)."})
 
     @property
     def updates_per_generation_step(self) -> int:

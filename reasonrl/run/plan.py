@@ -299,7 +299,7 @@ def import_function(path: str, key: str):
         function = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError) as error:
         raise ValueError(f"{key}: cannot import {path!r} ({error}); give module.function, e.g. "
-                         "reasonrl.demo.real_model.ensure_real_assets") from error
+                         "my_module.my_function (a file my_module.py beside train_grpo.py)") from error
     if not callable(function):
         raise ValueError(f"{key}: {path!r} is not a function")
     return function

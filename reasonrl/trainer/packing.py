@@ -1,4 +1,4 @@
-"""Micro-batches that compute only real tokens: trimming, grouping by length inside an update, token counts.
+"""Micro-batches that compute little padding: trimming, grouping by length inside an update, token counts.
 
 TRL pads every completion of a process's generation batch to the longest one in it, then shuffles and cuts
 micro-batches without trimming them, so every forward and backward runs over the generation's longest response.

@@ -24,9 +24,10 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose loss is `policy_loss`, over micro-batches of real tokens (packing.py), with paper-unit LR
     scheduling and per-phase timing."""
 
-    def __init__(self, *args, data_order_path: str | None = None, **kwargs):
+    def __init__(self, *args, data_order_path: str | None = None, loss_fn=policy_loss, **kwargs):
         """data_order_path: a .jsonl file that gets one line per generation step, the dataset rows it drew (None:
-        not logged); TRL's GRPOTrainer arguments otherwise."""
+        not logged); loss_fn: the micro-batch loss, `policy_loss` or a function with its signature (recipe key
+        policy_loss); TRL's GRPOTrainer arguments otherwise."""
         config = kwargs.get("args")
         check_text_only(kwargs.get("processing_class"), kwargs.get("train_dataset"))
         if uses_cpu_vllm(config):  # TRL's vLLM weight sync needs CUDA: generation/cpu_vllm.py puts a CPU one in its place
@@ -40,6 +41,7 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
         self._phase_time = {"generation": 0.0, "reward": 0.0, "update": 0.0}
         self._nonfinite_skipped = None  # updates skipped for a non-finite gradient norm, counted from the run's start
         self.data_order_path = data_order_path
+        self.loss_fn = loss_fn
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         device = self.args.device
@@ -107,7 +109,7 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
         num_tokens = inputs["update_num_tokens"] if training else inputs["num_items_in_batch"]
         num_tokens = num_tokens.clamp(min=1.0) / self.accelerator.num_processes
         is_weights = inputs.get("importance_sampling_ratio") if self.use_vllm and self.vllm_importance_sampling_correction else None
-        loss, stats = policy_loss(logps, old_logps, inputs["advantages"], mask, self.epsilon_low, self.epsilon_high,
+        loss, stats = self.loss_fn(logps, old_logps, inputs["advantages"], mask, self.epsilon_low, self.epsilon_high,
                                   self.args.delta, num_tokens=num_tokens, token_weights=is_weights,
                                   seq_mean=self.args.seq_mean_loss, ref_logps=inputs.get("ref_per_token_logps"),
                                   beta=self.beta)

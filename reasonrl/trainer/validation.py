@@ -169,6 +169,22 @@ def enabled(script_args) -> bool:
                                                    or script_args.validation_every_generation_steps > 0)
 
 
+def measures_heldout(script_args) -> bool:
+    """Whether validation already measures summary.json's held-out accuracy, so the run evaluates the split once, not
+    twice: it validates `heldout` greedily (temperature 0, one sample), before training and at the last step (which
+    any positive validation_every_generation_steps includes). summary.json then reads step 0's and the last step's
+    results (`heldout_accuracy_at`)."""
+    return ("heldout" in script_args.validation_benchmarks and bool(script_args.heldout_file)
+            and script_args.validation_temperature == 0 and script_args.validation_n_samples == 1
+            and script_args.validation_before_training and script_args.validation_every_generation_steps > 0)
+
+
+def heldout_accuracy_at(output_dir: str, step: int) -> float:
+    """The held-out avg@1 that validation wrote for generation step `step` (results.json)."""
+    path = Path(output_dir) / "validation" / f"step_{step}" / "results.json"
+    return json.loads(path.read_text())["benchmarks"]["heldout"]["avg_at_k"]
+
+
 def eval_args(script_args):
     """eval.py's settings for the validation keys (its benchmark loading, requests and output format are reused)."""
     from reasonrl.grading.benchmarks import PROMPT_TEMPLATE, EvalArgs, parse_extra
