@@ -91,8 +91,9 @@ def test_greedy_generation_stops_at_eos_after_a_boxed_answer(tokenizer, model):
     assert tokenizer.decode(out, skip_special_tokens=True) == "10 + 4 = 14, so the answer is \\boxed{14}."
 
 
-# The learning test's thresholds. Measured (seed 42, 2-core CPU, load ~3): rollouts 3.1% -> 21.9% (+0.19), held-out
-# 11.25% -> 30.0% (+0.19), so each passes by 0.09 (3 rollouts of 32, 7 problems of 80); 166 s of training, 231 s in all.
+# The learning test's thresholds. Measured (seed 42, 2-core CPU; the same on one torch thread and on two): rollouts
+# 3.1% -> 21.9% (+0.19), held-out 11.25% -> 30.0% (+0.19), so each passes by 0.09 (3 rollouts of 32, 7 problems of 80).
+# Its seconds are the README's ("real model learns, CI-sized"): they depend on what else runs.
 # Without learning the held-out gain is 0 (greedy) and the rollouts' gain is noise of ~0.05 (32 samples).
 MIN_ROLLOUT_GAIN = 0.10   # rollouts' accuracy: last generation step - first
 MIN_HELDOUT_GAIN = 0.10   # held-out greedy accuracy, 80 problems: after - before
