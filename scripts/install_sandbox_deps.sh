@@ -25,7 +25,8 @@ if [ "$(id -u)" -ne 0 ] && [ "$(cat /proc/sys/kernel/unprivileged_userns_clone 2
 fi
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
-(cd "$HERE" && "$PY" -c 'import sys, sandbox
+(cd "$HERE" && "$PY" -c 'import sys
+from reasonrl.sandbox import runner as sandbox
 problems = {b: sandbox.backend_problem(b) for b in sandbox.BACKENDS}
 for b, problem in problems.items():
     print("install_sandbox_deps: backend %-8s %s" % (b, problem or "ok"))
