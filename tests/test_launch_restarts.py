@@ -12,17 +12,18 @@ import stat
 import pytest
 
 import launch_slurm as ls
+from reasonrl.cluster.plan import restart_refusal
 
 
 def test_restart_refusal_restarts_up_to_k_and_never_on_the_same_node_twice_in_a_row():
-    assert ls.restart_refusal("node2", [], 0) == ""  # no restarts asked for: today's failure message only
-    assert ls.restart_refusal("node2", [], 3) is None
-    assert ls.restart_refusal("node2", ["node3"], 3) is None
-    assert ls.restart_refusal("node2", ["node2", "node3"], 3) is None  # not in a row
-    assert ls.restart_refusal("node2", ["node1", "node2"], 3) == (
+    assert restart_refusal("node2", [], 0) == ""  # no restarts asked for: today's failure message only
+    assert restart_refusal("node2", [], 3) is None
+    assert restart_refusal("node2", ["node3"], 3) is None
+    assert restart_refusal("node2", ["node2", "node3"], 3) is None  # not in a row
+    assert restart_refusal("node2", ["node1", "node2"], 3) == (
         "not restarted: node2 failed twice in a row (a faulty node?); resubmit without it, e.g. "
         "`sbatch --exclude=node2 ...`.")
-    assert ls.restart_refusal("node1", ["node2", "node3", "node2"], 3) == (
+    assert restart_refusal("node1", ["node2", "node3", "node2"], 3) == (
         "not restarted: all 3 restarts used (--max_restarts).")
 
 

@@ -11,23 +11,25 @@ import pytest
 
 import launch_slurm as ls
 from conftest import ROOT, require
+from reasonrl.cluster.plan import (expand_hostlist, gpu_use, node_commands, server_parallelism, srun_command,
+                                   unused_or_shared, with_overrides)
 
 
 def test_expand_nodelist_reads_slurm_ranges_padding_and_plain_names():
-    assert ls._expand_hostlist("gpu[01-03,07],head") == ["gpu01", "gpu02", "gpu03", "gpu07", "head"]
-    assert ls._expand_hostlist("n[8-10]") == ["n8", "n9", "n10"]
-    assert ls._expand_hostlist("a,b") == ["a", "b"]
+    assert expand_hostlist("gpu[01-03,07],head") == ["gpu01", "gpu02", "gpu03", "gpu07", "head"]
+    assert expand_hostlist("n[8-10]") == ["n8", "n9", "n10"]
+    assert expand_hostlist("a,b") == ["a", "b"]
 
 
 def test_expand_nodelist_keeps_suffixes_and_multiplies_several_bracket_groups():
-    assert ls._expand_hostlist("gpu[01-02]-ib") == ["gpu01-ib", "gpu02-ib"]
-    assert ls._expand_hostlist("gpu[01-02]-ib,login") == ["gpu01-ib", "gpu02-ib", "login"]
-    assert ls._expand_hostlist("r[1-2]n[08-09]") == ["r1n08", "r1n09", "r2n08", "r2n09"]
-    assert ls._expand_hostlist("c[9-10].cluster,x[1,3-4]y") == ["c9.cluster", "c10.cluster", "x1y", "x3y", "x4y"]
+    assert expand_hostlist("gpu[01-02]-ib") == ["gpu01-ib", "gpu02-ib"]
+    assert expand_hostlist("gpu[01-02]-ib,login") == ["gpu01-ib", "gpu02-ib", "login"]
+    assert expand_hostlist("r[1-2]n[08-09]") == ["r1n08", "r1n09", "r2n08", "r2n09"]
+    assert expand_hostlist("c[9-10].cluster,x[1,3-4]y") == ["c9.cluster", "c10.cluster", "x1y", "x3y", "x4y"]
     with pytest.raises(ValueError, match="unbalanced brackets"):
-        ls._expand_hostlist("gpu[01-02")
+        expand_hostlist("gpu[01-02")
     with pytest.raises(ValueError, match="'a-b' is not a number"):
-        ls._expand_hostlist("gpu[a-b]")
+        expand_hostlist("gpu[a-b]")
 
 
 def test_the_parser_expands_as_scontrol_does(tmp_path):
@@ -41,14 +43,14 @@ def test_the_parser_expands_as_scontrol_does(tmp_path):
         out = subprocess.run(["scontrol", "show", "hostnames", hosts], capture_output=True, text=True,
                              env=dict(os.environ, SLURM_CONF=str(conf)))
         if out.returncode == 0 and out.stdout.split():  # 22.05 says "Invalid hostlist" and may still exit 0
-            assert ls._expand_hostlist(hosts) == out.stdout.split(), hosts
+            assert expand_hostlist(hosts) == out.stdout.split(), hosts
             compared += 1
     assert compared >= 3
 
 
 def test_recipe_overrides_after_the_double_dash_reach_the_launcher():
-    recipe = ls.with_overrides({"model_name_or_path": "a", "output_dir": "o", "seed": 1},
-                               ["--output_dir", "/scratch/x", "--model_name_or_path=b", "--dry", "--seed", "3"])
+    recipe = with_overrides({"model_name_or_path": "a", "output_dir": "o", "seed": 1},
+                          ["--output_dir", "/scratch/x", "--model_name_or_path=b", "--dry", "--seed", "3"])
     assert recipe == {"model_name_or_path": "b", "output_dir": "/scratch/x", "seed": 3}  # a bare flag sets nothing
 
 
@@ -73,8 +75,8 @@ RECIPE = {"model_name_or_path": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "vl
 
 
 def test_last_node_serves_vllm_on_every_gpu_and_the_others_train_with_one_rendezvous():
-    plan = ls.node_commands(["g1", "g2", "g3"], "recipes/justrl.yaml", RECIPE, 8, "accelerate_configs/zero3.yaml",
-                            log_dir="out/logs")
+    plan = node_commands(["g1", "g2", "g3"], "recipes/justrl.yaml", RECIPE, 8, "accelerate_configs/zero3.yaml",
+                         log_dir="out/logs")
     assert [(n["host"], n["role"], n["rank"], n["gpus"]) for n in plan] == [
         ("g3", "vllm", None, 8), ("g1", "train", 0, 8), ("g2", "train", 1, 8)]
     # 8 engines of 1 GPU; no CUDA_VISIBLE_DEVICES: the step's GPUs are the ones Slurm assigns (--gres=gpu:8)
@@ -91,9 +93,9 @@ def test_last_node_serves_vllm_on_every_gpu_and_the_others_train_with_one_rendez
 
 def test_cpu_nodes_get_a_float32_eager_server_with_a_bounded_kv_cache_and_node_addresses():
     tiny = {"model_name_or_path": ".cache/tiny/sft", "max_prompt_length": 64, "max_completion_length": 32}
-    plan = ls.node_commands(["node1", "node2", "node3"], "recipes/tiny.yaml", tiny, 1, "accelerate_configs/zero3.yaml",
-                            addresses={"node1": "10.0.0.1", "node3": "10.0.0.3"}, cpu=True, cpu_kv_cache_gib=2,
-                            server_args=["--max_num_seqs", "64"])
+    plan = node_commands(["node1", "node2", "node3"], "recipes/tiny.yaml", tiny, 1, "accelerate_configs/zero3.yaml",
+                         addresses={"node1": "10.0.0.1", "node3": "10.0.0.3"}, cpu=True, cpu_kv_cache_gib=2,
+                         server_args=["--max_num_seqs", "64"], deepspeed=True)
     assert plan[0]["command"] == ("VLLM_CPU_KVCACHE_SPACE=2 trl vllm-serve --model .cache/tiny/sft --tensor_parallel_size 1 "
                                   "--host 0.0.0.0 --port 8000 --dtype float32 --enforce_eager true "
                                   "--no-enable-chunked-prefill --max_model_len 96 --max_num_seqs 64")
@@ -103,45 +105,55 @@ def test_cpu_nodes_get_a_float32_eager_server_with_a_bounded_kv_cache_and_node_a
     assert "--num_processes 2 --mixed_precision no train_grpo.py" in rank0  # DeepSpeed on CPUs: no bf16 engine
 
 
+def test_only_a_deepspeed_config_runs_cpu_nodes_without_mixed_precision():
+    tiny = {"model_name_or_path": "m"}
+    ddp = node_commands(["n1", "n2"], "r.yaml", tiny, 2, "accelerate_configs/cpu.yaml", cpu=True)
+    zero3 = node_commands(["n1", "n2"], "r.yaml", tiny, 2, "accelerate_configs/zero3.yaml", cpu=True, deepspeed=True)
+    gpus = node_commands(["n1", "n2"], "r.yaml", tiny, 2, "accelerate_configs/zero3.yaml", deepspeed=True)
+    assert "--num_processes 2 train_grpo.py" in ddp[1]["command"]
+    assert "--num_processes 2 --mixed_precision no train_grpo.py" in zero3[1]["command"]
+    assert "--num_processes 2 train_grpo.py" in gpus[1]["command"]  # bf16 on GPUs, as the config says
+
+
 def test_a_cpu_server_holds_a_validation_response():
     tiny = {"model_name_or_path": "m", "max_prompt_length": 64, "max_completion_length": 32,
             "validation_benchmarks": ["heldout"], "validation_max_new_tokens": 40}
-    plan = ls.node_commands(["n1", "n2"], "r.yaml", tiny, 1, "accelerate_configs/cpu.yaml", cpu=True)
+    plan = node_commands(["n1", "n2"], "r.yaml", tiny, 1, "accelerate_configs/cpu.yaml", cpu=True)
     assert "--max_model_len 104" in plan[0]["command"]  # 64 + max(32, 40)
-    plan = ls.node_commands(["n1", "n2"], "r.yaml", {**tiny, "validation_benchmarks": []}, 1,
-                            "accelerate_configs/cpu.yaml", cpu=True)
+    plan = node_commands(["n1", "n2"], "r.yaml", {**tiny, "validation_benchmarks": []}, 1,
+                         "accelerate_configs/cpu.yaml", cpu=True)
     assert "--max_model_len 96" in plan[0]["command"]
 
 
 def test_colocated_generation_uses_every_node_for_training():
-    plan = ls.node_commands(["g1", "g2"], "r.yaml", RECIPE, 4, "accelerate_configs/zero3.yaml", vllm_node=False,
-                            extra=["--seed", "3"])
+    plan = node_commands(["g1", "g2"], "r.yaml", RECIPE, 4, "accelerate_configs/zero3.yaml", vllm_node=False,
+                         extra=["--seed", "3"])
     assert [n["role"] for n in plan] == ["train", "train"]
     assert plan[1]["command"].endswith("--num_processes 8 train_grpo.py --config r.yaml --use_vllm true "
                                        "--vllm_mode colocate --seed 3")
 
 
 def test_tensor_parallel_groups_split_the_server_node_into_data_parallel_engines():
-    plan = ls.node_commands(["g1", "g2"], "r.yaml", RECIPE, 8, "accelerate_configs/zero3.yaml", vllm_tp=4,
-                            heads=(12, 2))
+    plan = node_commands(["g1", "g2"], "r.yaml", RECIPE, 8, "accelerate_configs/zero3.yaml", vllm_tp=4,
+                         heads=(12, 2))
     assert "--tensor_parallel_size 4 --data_parallel_size 2 --host" in plan[0]["command"]
-    assert ls.server_parallelism(8, 1, (12, 2)) == 8
-    assert ls.server_parallelism(8, 2, (12, 2)) == 4
-    assert ls.server_parallelism(4, 4, (32, 8)) == 1
-    assert ls.server_parallelism(8, 8, None) == 1  # heads unknown: only the GPUs are checked
+    assert server_parallelism(8, 1, (12, 2)) == 8
+    assert server_parallelism(8, 2, (12, 2)) == 4
+    assert server_parallelism(4, 4, (32, 8)) == 1
+    assert server_parallelism(8, 8, None) == 1  # heads unknown: only the GPUs are checked
 
 
 def test_a_tensor_parallel_size_that_heads_or_gpus_cannot_take_is_refused_naming_the_flag():
     # 12 attention heads (the 1.5B models) do not split 8 ways
     with pytest.raises(ValueError, match=r"--vllm_tensor_parallel_size 8: the model has 12 attention heads and 2 "
                                          r"key-value heads, which vLLM cannot split 8 ways; use one of \[1, 2, 4\]"):
-        ls.server_parallelism(8, 8, (12, 2))
+        server_parallelism(8, 8, (12, 2))
     # 12 key-value heads can neither be split 8 ways nor replicated to 8
     with pytest.raises(ValueError, match=r"use one of \[1, 2, 4\]"):
-        ls.server_parallelism(8, 8, (32, 12))
+        server_parallelism(8, 8, (32, 12))
     with pytest.raises(ValueError, match=r"--vllm_tensor_parallel_size 3 does not divide the vLLM node's 8 GPUs; "
                                          r"use one of \[1, 2, 4, 8\]"):
-        ls.server_parallelism(8, 3, (12, 2))
+        server_parallelism(8, 3, (12, 2))
 
 
 def test_model_heads_reads_config_json_of_a_local_model(tmp_path):
@@ -155,30 +167,30 @@ def test_model_heads_reads_config_json_of_a_local_model(tmp_path):
 def test_gpu_use_maps_slurm_s_gpu_ids_to_processes_and_engines():
     server = {"host": "g3", "role": "vllm", "gpus": 4}
     trainer = {"host": "g1", "role": "train", "gpus": 4}
-    assert ls.gpu_use(server, ["4", "5", "6", "7"], 2) == [["4", "5"], ["6", "7"]]
-    assert ls.gpu_use(trainer, ["4", "5", "6", "7"], 2) == [["4"], ["5"], ["6"], ["7"]]
+    assert gpu_use(server, ["4", "5", "6", "7"], 2) == [["4", "5"], ["6", "7"]]
+    assert gpu_use(trainer, ["4", "5", "6", "7"], 2) == [["4"], ["5"], ["6"], ["7"]]
     with pytest.raises(ValueError, match=r"g1 \(train\): its step received 2 GPUs \(0,1\) but the plan runs 4"):
-        ls.gpu_use(trainer, ["0", "1"], 1)
+        gpu_use(trainer, ["0", "1"], 1)
 
 
 def test_unused_or_shared_names_each_gpu_used_twice_idle_or_foreign():
     allocated = {"g1": ["0", "1"], "g2": ["0", "1"]}
-    assert ls.unused_or_shared({"g1": [["0"], ["1"]], "g2": [["0", "1"]]}, allocated) == []
-    assert ls.unused_or_shared({"g1": [["0"], ["0"]], "g2": [["1", "2"]]}, allocated) == [
+    assert unused_or_shared({"g1": [["0"], ["1"]], "g2": [["0", "1"]]}, allocated) == []
+    assert unused_or_shared({"g1": [["0"], ["0"]], "g2": [["1", "2"]]}, allocated) == [
         "g1: GPUs ['0'] used twice", "g1: GPUs ['1'] allocated but idle", "g2: GPUs ['0'] allocated but idle",
         "g2: GPUs ['2'] used but not allocated to the job"]
 
 
 def test_job_steps_ask_slurm_for_the_node_s_gpus():
     node = {"host": "g1", "role": "train", "rank": 0, "gpus": 8}
-    assert ls.srun_command(node, "train0") == ["srun", "--nodes=1", "--ntasks=1", "--nodelist=g1", "--job-name=train0",
+    assert srun_command(node, "train0") == ["srun", "--nodes=1", "--ntasks=1", "--nodelist=g1", "--job-name=train0",
                                                "--overlap", "--gres=gpu:8", "--kill-on-bad-exit=1"]
-    assert "--gres=gpu:8" not in ls.srun_command({**node, "gpus": None}, "train0")
+    assert "--gres=gpu:8" not in srun_command({**node, "gpus": None}, "train0")
 
 
 def test_one_node_is_refused_with_a_pointer_to_the_readme():
     with pytest.raises(ValueError, match="need at least 2 nodes"):
-        ls.node_commands(["g1"], "r.yaml", RECIPE, 8, "z.yaml")
+        node_commands(["g1"], "r.yaml", RECIPE, 8, "z.yaml")
 
 
 def _dry_run(*args, env=None):

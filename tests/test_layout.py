@@ -11,7 +11,7 @@ import os
 from conftest import ROOT
 
 SCRIPTS = ["eval.py", "launch_slurm.py", "reward.py", "stages.py", "train_grpo.py"]
-ROOMS = ["demo", "generation", "grading", "run", "sandbox", "trainer"]
+ROOMS = ["cluster", "demo", "generation", "grading", "run", "sandbox", "trainer"]
 # Modules over LONG lines: each does one job its docstring names; launch_slurm.py waits for its own split (issue 22)
 LONG = 400
 ONE_JOB = ["reasonrl/sandbox/runner.py", "reasonrl/trainer/validation.py"]

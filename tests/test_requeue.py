@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from launch_slurm import TimeLimit, run_finished, slurm_seconds, stop_margin_s
+from launch_slurm import TimeLimit, run_finished
+from reasonrl.cluster.plan import slurm_seconds, stop_margin_s
 from reasonrl.trainer.requeue import clear_stop_request, request_stop, stop_callback, stop_path
 
 
