@@ -11,6 +11,7 @@ import pytest
 
 import launch_slurm as ls
 from conftest import ROOT, require
+from reasonrl.cluster.allocation import allocation_gpus
 from reasonrl.cluster.plan import (expand_hostlist, gpu_use, node_commands, server_parallelism, srun_command,
                                    unused_or_shared, with_overrides)
 
@@ -251,13 +252,13 @@ def test_allocation_gpus_reads_slurm_s_environment(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     for key in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):
         monkeypatch.delenv(key, raising=False)
-    assert ls.allocation_gpus() is None
+    assert allocation_gpus() is None
     monkeypatch.setenv("SLURM_GPUS_PER_NODE", "h100:4")
-    assert ls.allocation_gpus() == 4
+    assert allocation_gpus() == 4
     monkeypatch.setenv("SLURM_GPUS_ON_NODE", "8")
-    assert ls.allocation_gpus() == 8
+    assert allocation_gpus() == 8
     monkeypatch.setenv("SLURM_GPUS_ON_NODE", "0")
-    assert ls.allocation_gpus() == 0
+    assert allocation_gpus() == 0
 
 
 def test_probe_gpus_outside_an_allocation_says_where_it_runs():
