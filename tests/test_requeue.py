@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from launch_slurm import TimeLimit, run_finished
 from reasonrl.cluster.plan import slurm_seconds, stop_margin_s
+from reasonrl.cluster.timelimit import TimeLimit, run_finished
 from reasonrl.trainer.requeue import clear_stop_request, request_stop, stop_callback, stop_path
 
 
