@@ -1,17 +1,20 @@
-"""launch_slurm.py's restart loop (--max_restarts) without a cluster: job steps run through a stand-in `srun` that
-runs its command here, so the loop's decisions (restart, stop past K, stop when one node fails twice in a row), its
-lines and its logs are checked in seconds. The real cluster's kill loop is tests/test_slurm.py's.
+"""The supervisor's restart loop (reasonrl/cluster/supervisor.py; launch_slurm.py --max_restarts) without a cluster:
+job steps run through a stand-in `srun` that runs its command here, so the loop's decisions (restart, stop past K,
+stop when one node fails twice in a row), its lines and its logs are checked in seconds. The real cluster's kill loop
+is tests/test_slurm.py's.
 
     python -m pytest -q tests/test_launch_restarts.py
 """
 
 import os
+import shlex
 import signal
 import stat
 
 import pytest
 
 import launch_slurm as ls
+from reasonrl.cluster import supervisor
 from reasonrl.cluster.plan import restart_refusal
 
 
@@ -32,21 +35,22 @@ def test_failed_rank_and_tail_read_only_the_last_attempt_of_an_appended_log(tmp_
     first = "[launch] attempt 1, 2026-12-03 09:00:00\n  rank      : 1 (local_rank: 0)\n  exitcode  : -9 (pid: 42)\n"
     log.write_text(first + "[launch] attempt 2, 2026-12-03 09:01:00\n  rank      : 3 (local_rank: 1)\n"
                    "  exitcode  : 1 (pid: 43)\n")
-    assert ls.failed_rank(str(log)) == "rank 1 (local rank 0), exit code -9 (SIGKILL)"
-    assert ls.failed_rank(str(log), start=len(first)) == "rank 3 (local rank 1), exit code 1"
-    assert ls.tail(str(log), lines=2, start=len(first)) == "  rank      : 3 (local_rank: 1)\n  exitcode  : 1 (pid: 43)\n"
+    assert supervisor.failed_rank(str(log)) == "rank 1 (local rank 0), exit code -9 (SIGKILL)"
+    assert supervisor.failed_rank(str(log), start=len(first)) == "rank 3 (local rank 1), exit code 1"
+    assert supervisor.tail(str(log), lines=2, start=len(first)) == (
+        "  rank      : 3 (local_rank: 1)\n  exitcode  : 1 (pid: 43)\n")
 
 
 def test_restart_summary_lists_each_cause_and_cost():
     restarts = [{"number": 1, "cause": "training node 1 (node2): rank 1", "stop_s": 2.0, "server_s": 40.0,
                  "first_step_s": 30.4},
                 {"number": 2, "cause": "the vLLM server on node3 exited with code 137 during training", "stop_s": 1.0}]
-    assert ls.restart_summary(restarts) == (
+    assert supervisor.restart_summary(restarts) == (
         "\n[launch] 2 restart(s), 72 s lost to them in all:\n"
         "[launch]   1. training node 1 (node2): rank 1: 72 s\n"
         "[launch]   2. the vLLM server on node3 exited with code 137 during training: "
         "cost unknown (no generation step after it)")
-    assert ls.restart_summary([]) == ""
+    assert supervisor.restart_summary([]) == ""
 
 
 @pytest.fixture
@@ -72,13 +76,13 @@ def trainer(tmp_path, rank: int, host: str, fail_on: list[int]) -> dict:
     script = (f"n=$(( $(cat {count} 2>/dev/null || echo 0) + 1 )); echo $n > {count}; mkdir -p {order.parent}; "
               f"echo '{{}}' >> {order}; case $n in {'|'.join(map(str, fail_on)) or 0}) echo '  rank      : {rank} "
               f"(local_rank: 0)'; echo '  exitcode  : -9 (pid: 1)'; sleep 0.3; exit 1;; esac; sleep 1")
-    return {"host": host, "role": "train", "rank": rank, "command": f"bash -c {ls.shlex.quote(script)}",
+    return {"host": host, "role": "train", "rank": rank, "command": f"bash -c {shlex.quote(script)}",
             "log": str(tmp_path / "logs" / f"train{rank}-{host}.log")}
 
 
 def test_faults_on_alternating_nodes_restart_and_the_run_finishes(local_steps, capsys):
     plan = [trainer(local_steps, 0, "node1", fail_on=[1]), trainer(local_steps, 1, "node2", fail_on=[2])]
-    restarts = ls.run(plan, str(local_steps / "out"), None, 10, max_restarts=3, poll_s=0.1)
+    restarts = supervisor.run(plan, str(local_steps / "out"), None, 10, max_restarts=3, poll_s=0.1)
     text = capsys.readouterr().out
     assert [r["cause"] for r in restarts] == [
         "training node 0 (node1): rank 0 (local rank 0), exit code -9 (SIGKILL); its job step exited with code 1",
@@ -97,7 +101,7 @@ def test_faults_on_alternating_nodes_restart_and_the_run_finishes(local_steps, c
 def test_the_same_node_failing_twice_in_a_row_stops_the_job_naming_it(local_steps, capsys):
     plan = [trainer(local_steps, 0, "node1", fail_on=[1, 2]), trainer(local_steps, 1, "node2", fail_on=[])]
     with pytest.raises(SystemExit) as stopped:
-        ls.run(plan, str(local_steps / "out"), None, 10, max_restarts=3, poll_s=0.1)
+        supervisor.run(plan, str(local_steps / "out"), None, 10, max_restarts=3, poll_s=0.1)
     message = str(stopped.value.code)
     assert message.startswith("[launch] FAILED: training node 0 (node1): rank 0 (local rank 0), exit code -9 "
                               "(SIGKILL); its job step exited with code 1. Last lines of "), message
@@ -109,7 +113,7 @@ def test_the_same_node_failing_twice_in_a_row_stops_the_job_naming_it(local_step
 def test_past_max_restarts_the_job_stops_with_the_failure_message(local_steps, capsys):
     plan = [trainer(local_steps, 0, "node1", fail_on=[1, 3]), trainer(local_steps, 1, "node2", fail_on=[2])]
     with pytest.raises(SystemExit) as stopped:
-        ls.run(plan, str(local_steps / "out"), None, 10, max_restarts=2, poll_s=0.1)
+        supervisor.run(plan, str(local_steps / "out"), None, 10, max_restarts=2, poll_s=0.1)
     message = str(stopped.value.code)
     assert message.startswith("[launch] FAILED: training node 0 (node1): rank 0"), message
     assert "[launch] not restarted: all 2 restarts used (--max_restarts)." in message
@@ -126,7 +130,7 @@ def test_each_attempt_appends_its_header_on_a_line_of_its_own(local_steps):
     log = local_steps / "logs" / "train0-node1.log"
     log.parent.mkdir()
     log.write_bytes(b"Loading weights:  50%|#####     | 13/26\r")  # a progress bar cut by a kill
-    steps = ls.Steps(str(local_steps))
+    steps = supervisor.Steps(str(local_steps))
     steps.attempt = 2
     steps.start({"host": "node1", "role": "train", "rank": 0, "command": "echo resumed", "log": str(log)})
     assert steps.running["train0"][0].wait(timeout=60) == 0

@@ -1,4 +1,5 @@
-"""launch_slurm.py: node roles, rendezvous, the commands each node runs (dry mode) and the inputs it refuses."""
+"""launch_slurm.py and its plan (reasonrl/cluster/plan.py, on literal inputs): node roles, rendezvous, the commands
+each node runs (dry mode) and the inputs it refuses."""
 
 import json
 import os
@@ -14,6 +15,7 @@ from conftest import ROOT, require
 from reasonrl.cluster.allocation import allocation_gpus
 from reasonrl.cluster.plan import (expand_hostlist, gpu_use, node_commands, server_parallelism, srun_command,
                                    unused_or_shared, with_overrides)
+from reasonrl.cluster.supervisor import failed_rank
 
 
 def test_expand_nodelist_reads_slurm_ranges_padding_and_plain_names():
@@ -65,11 +67,11 @@ def test_failed_rank_reads_torchrun_s_failure_summary(tmp_path):
   exitcode  : -9 (pid: 4242)
   error_file: <N/A>
 """)
-    assert ls.failed_rank(str(log)) == "rank 3 (local rank 1), exit code -9 (SIGKILL)"
+    assert failed_rank(str(log)) == "rank 3 (local rank 1), exit code -9 (SIGKILL)"
     log.write_text("  rank      : 0 (local_rank: 0)\n  exitcode  : 1 (pid: 7)\n")
-    assert ls.failed_rank(str(log)) == "rank 0 (local rank 0), exit code 1"
+    assert failed_rank(str(log)) == "rank 0 (local rank 0), exit code 1"
     log.write_text("Traceback ... no summary")
-    assert ls.failed_rank(str(log)) is None
+    assert failed_rank(str(log)) is None
 
 
 RECIPE = {"model_name_or_path": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "vllm_max_model_length": 16384}

@@ -12,10 +12,9 @@ from conftest import ROOT
 
 SCRIPTS = ["eval.py", "launch_slurm.py", "reward.py", "stages.py", "train_grpo.py"]
 ROOMS = ["cluster", "demo", "generation", "grading", "run", "sandbox", "trainer"]
-# Modules over LONG lines: each does one job its docstring names; launch_slurm.py waits for its own split (issue 22)
+# Modules over LONG lines: each does one job its docstring names
 LONG = 400
 ONE_JOB = ["reasonrl/sandbox/runner.py", "reasonrl/trainer/validation.py"]
-SPLIT_PENDING = ["launch_slurm.py"]
 
 
 def sources() -> dict[str, str]:
@@ -113,6 +112,6 @@ def test_no_private_name_crosses_a_module():
 
 def test_a_module_over_400_lines_does_one_job_its_docstring_names():
     long = sorted(os.path.relpath(path, ROOT) for path in sources().values() if len(open(path).readlines()) > LONG)
-    assert long == sorted(ONE_JOB + SPLIT_PENDING)
+    assert long == sorted(ONE_JOB)
     for rel in ONE_JOB:
         assert "One job" in ast.get_docstring(ast.parse(open(os.path.join(ROOT, rel)).read())), rel
