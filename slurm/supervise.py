@@ -1,4 +1,5 @@
-"""Run one command as a job step's task so that nothing it starts outlives it (launch_slurm.py runs every step so).
+"""Run one command as a job step's task so that nothing it starts outlives it (launch_slurm.py runs every step so:
+reasonrl/cluster/supervisor.py).
 
     python slurm/supervise.py COMMAND [ARG ...]       # e.g. env VLLM_CPU_KVCACHE_SPACE=1 trl vllm-serve --model M
 
