@@ -113,7 +113,7 @@ up() {
     fi
 
     local cpus mem_mb host
-    cpus=$(nproc)
+    cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # GNU nproc reports OMP_NUM_THREADS when set (tests set 1)
     mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2 ))
     host=$(hostname)
     {

@@ -730,7 +730,7 @@ def test_num_iterations_2_run_has_the_recipes_generation_steps_updates_and_check
     """2 generation steps of 2 mini-batches, each used twice (num_iterations 2), saving every generation step:
     2 generations, 8 updates, a checkpoint after each generation step (reasonrl/trainer/validation.py counts the same units)."""
     calls, real = [], policy_loss
-    monkeypatch.setattr("reasonrl.trainer.trainer.policy_loss", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr("reasonrl.trainer.loss.policy_loss", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     out = tmp_path / "mu2"
     summary = tg.main(tiny_argv(tiny_assets, out, "--total_generation_steps", "2", "--save_generation_steps", "1",
                                 "--prompts_per_step", "4", "--per_device_train_batch_size", "16",
@@ -768,7 +768,7 @@ def test_a_nonfinite_gradient_skips_the_update_and_training_goes_on(tiny_assets,
         calls.append(1)
         return (loss * float("nan") if len(calls) == 1 else loss), stats
 
-    monkeypatch.setattr("reasonrl.trainer.trainer.policy_loss", nan_first)
+    monkeypatch.setattr("reasonrl.trainer.loss.policy_loss", nan_first)
     summary = tg.main(tiny_argv(tiny_assets, tmp_path / "nan", "--total_generation_steps", "1", "--prompts_per_step", "4",
                                 "--per_device_train_batch_size", "16", "--heldout_file", "", "--save_generation_steps", "1",
                                 "--logging_steps", "1", "--warmup_generation_steps", "0"))
