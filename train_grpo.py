@@ -46,6 +46,13 @@ How this departs from TRL's stock GRPOTrainer, and why:
      them (colocated vLLM, the vLLM server or transformers, after the weight sync), and reasonrl/trainer/validation.py
      writes eval.py-format outputs under <output_dir>/validation/step_<N>/, TensorBoard curves and accuracy_vs_step.png.
      It consumes no training randomness and changes no weight (tests/test_validation.py).
+  9. Optional overlap in server mode (`async_generation_steps: 1`; every paper recipe keeps 0, on-policy): the vLLM
+     server generates step t+1's responses while the trainers update on step t (reasonrl/trainer/overlap.py). Those
+     responses are one generation step off-policy: TRL's truncated vLLM importance weight
+     (`vllm_importance_sampling_correction`, required) corrects the sampling policy token by token, and the PPO ratio
+     stays against the trainer's old-policy log-probs (veRL's one-step-off-policy, NeMo-RL's async GRPO; TRL's
+     experimental AsyncGRPOTrainer drops stale samples and has neither this loss nor DeepSpeed). Data order, resume,
+     validation and the stop before a time limit are unchanged; staleness is logged per step.
 
 Commands:
     # the embedded CPU demo (builds a tiny model and data once, ~4 min on 2 cores)
@@ -165,7 +172,7 @@ def main(argv=None):
         run_validation.check_engine_length()  # now, not at the first validation hours later
         trainer.add_callback(run_validation.callback())
     # save and stop at a generation-step boundary when launch_slurm.py asks (a time limit ahead): requeue.py
-    stop = requeue.stop_callback(trainer.accelerator, out, training_args.optimizer_updates_per_step)
+    stop = requeue.stop_callback(trainer.accelerator, out, training_args.updates_per_generation_step)
     trainer.add_callback(stop)
 
     # train (resuming from the newest complete checkpoint)

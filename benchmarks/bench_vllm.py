@@ -72,15 +72,19 @@ def train(args, backend: str, port: int | None, out_dir: str) -> dict:
             "first_step_s": round(per_step[0], 3), "run_wall_s": round(wall, 1)}
 
 
-def serve(model: str, port: int, log_path: str):
-    """`trl vllm-serve` in its own process group; returns (process, seconds until healthy)."""
+def serve(model: str, port: int, log_path: str, core: int | None = None, extra: tuple = ()):
+    """`trl vllm-serve` in its own process group (pinned to `core` when given, as benchmarks/bench_overlap.py runs
+    it); returns (process, seconds until healthy)."""
     import requests
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+    pin = []
+    if core is not None:
+        pin, env["VLLM_CPU_OMP_THREADS_BIND"] = ["taskset", "-c", str(core)], str(core)
     start = time.time()
-    proc = subprocess.Popen(["trl", "vllm-serve", "--model", model, "--dtype", "float32", "--host", "127.0.0.1",
-                             "--port", str(port), "--no-enable-chunked-prefill"], env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen([*pin, "trl", "vllm-serve", "--model", model, "--dtype", "float32", "--host", "127.0.0.1",
+                             "--port", str(port), "--no-enable-chunked-prefill", *extra], env=env,
+                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     while time.time() - start < 900:
         if proc.poll() is not None:
             sys.exit(f"vLLM server exited; see {log_path}")
@@ -92,6 +96,15 @@ def serve(model: str, port: int, log_path: str):
         time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGKILL)
     sys.exit(f"vLLM server not healthy after 900 s; see {log_path}")
+
+
+def stop_server(proc) -> None:
+    """SIGTERM to the server's process group, SIGKILL after 30 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def main():
@@ -116,11 +129,7 @@ def main():
             try:
                 rows.append({**train(args, backend, port, out), "server_startup_s": round(startup, 1)})
             finally:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                stop_server(proc)
         print(json.dumps(rows[-1]), flush=True)
     with open(os.path.join(args.out_dir, "results.json"), "w") as f:
         json.dump(rows, f, indent=2)

@@ -136,6 +136,14 @@ def test_colocated_generation_uses_every_node_for_training():
                                        "--vllm_mode colocate --seed 3")
 
 
+def test_the_overlap_key_reaches_every_training_node_of_the_server_topology():
+    plan = node_commands(["g1", "g2", "g3"], "r.yaml", RECIPE, 8, "accelerate_configs/zero3.yaml",
+                         extra=["--async_generation_steps", "1"])
+    trainers = [n["command"] for n in plan if n["role"] == "train"]
+    assert len(trainers) == 2 and all("--vllm_mode server" in c and c.endswith(" --async_generation_steps 1")
+                                      for c in trainers)
+
+
 def test_tensor_parallel_groups_split_the_server_node_into_data_parallel_engines():
     plan = node_commands(["g1", "g2"], "r.yaml", RECIPE, 8, "accelerate_configs/zero3.yaml", vllm_tp=4,
                          heads=(12, 2))

@@ -86,6 +86,10 @@ class JustRLConfig(GRPOConfig):
         "help": "veRL: decay every parameter. false: transformers' Trainer exempts biases and norm weights."})
     group_update_by_length: bool = field(default=True, metadata={
         "help": "Inside each update, micro-batches of responses of similar length (same gradient; reasonrl/trainer/packing.py)."})
+    async_generation_steps: int = field(default=0, metadata={
+        "help": "Server mode: 1 generates the next generation step's responses while the trainers update on this "
+                "one (one generation step off-policy, corrected by vLLM's importance weight; "
+                "reasonrl/trainer/overlap.py). 0: on-policy, every generation step waits for its own responses."})
     policy_loss: str = field(default="reasonrl.trainer.loss.policy_loss", metadata={
         "help": "module.function computing each micro-batch's loss, with reasonrl.trainer.loss.policy_loss's "
                 "signature and return value (README: Change it)."})
@@ -124,6 +128,7 @@ class JustRLConfig(GRPOConfig):
             raise ValueError("use_bias_correction_kl=True (TRL's default) is not implemented by train_grpo.py's "
                              "policy_loss, which adds the plain per-token KL as TRL did when Open-RS ran; set "
                              "use_bias_correction_kl: false.")
+        check_overlap(self)
         super().__post_init__()
         if self.steps_per_generation % self.gradient_accumulation_steps:
             raise ValueError(f"steps_per_generation={self.steps_per_generation} is not a multiple of "
@@ -140,6 +145,25 @@ class JustRLConfig(GRPOConfig):
                 and not dist.is_initialized()):
             dist.init_process_group(backend=self.ddp_backend or "gloo", timeout=self.ddp_timeout_delta)
         return super()._setup_devices
+
+
+def check_overlap(args) -> None:
+    """Refuse, naming the key, an async_generation_steps that the run cannot honour."""
+    steps = args.async_generation_steps
+    if steps == 0:
+        return
+    if steps != 1:
+        raise ValueError(f"async_generation_steps={steps}: 0 (on-policy) or 1 (the next generation step's responses "
+                         "are generated during this one's updates). The server generates one step at a time, so a "
+                         "deeper queue adds staleness without more overlap.")
+    if not (args.use_vllm and args.vllm_mode == "server"):
+        raise ValueError("async_generation_steps=1 overlaps a vLLM server's generation with the trainers' updates: "
+                         "set use_vllm: true and vllm_mode: server (colocated engines share the trainers' devices, "
+                         "so there is nothing to overlap), or async_generation_steps: 0.")
+    if not args.vllm_importance_sampling_correction:
+        raise ValueError("async_generation_steps=1 trains on responses sampled one generation step behind the "
+                         "trainers' weights: set vllm_importance_sampling_correction: true, whose importance weight "
+                         "corrects that difference, or async_generation_steps: 0.")
 
 
 def _set_derived(args, key: str, value, default) -> None:

@@ -1,7 +1,7 @@
 """Stop at a generation-step boundary when asked, after a checkpoint: how a run outlives a job's time limit.
 
 launch_slurm.py asks (before the job's time limit, or on SIGUSR1) by writing <output_dir>/stop_requested; every
-training process checks for that file at the end of each generation step (`optimizer_updates_per_step` optimizer
+training process checks for that file at the end of each generation step (`updates_per_generation_step` optimizer
 updates), the processes agree through one all-reduce of a flag (a shared filesystem may show the file to one node
 before another), then all save a checkpoint at that step and leave the training loop; train_grpo.py exits 0
 with a `[stop]` line. The launcher then requeues the job, and the relaunch resumes from that checkpoint with the

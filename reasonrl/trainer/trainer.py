@@ -17,6 +17,7 @@ from trl import GRPOTrainer
 from reasonrl.run.plan import NONFINITE_KEY
 from reasonrl.trainer.faults import bound_requests
 from reasonrl.trainer.loss import policy_loss
+from reasonrl.trainer.overlap import Overlap
 from reasonrl.trainer.packing import regroup_update, token_counts, trim_micro_batch, trimmed_widths
 
 
@@ -42,6 +43,14 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
         self._nonfinite_skipped = None  # updates skipped for a non-finite gradient norm, counted from the run's start
         self.data_order_path = data_order_path
         self.loss_fn = loss_fn
+        # async_generation_steps: 1 generates the next step's responses during this step's updates (overlap.py)
+        self._overlap = Overlap(self) if self.args.async_generation_steps else None
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        if self._overlap is None:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        batches = self._overlap.next_batch_of(epoch_iterator, num_batches)  # read ahead: the next step's prompts
+        return super().get_batch_samples(iter(batches), num_batches, device)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         device = self.args.device
@@ -225,14 +234,24 @@ class ClipHigherGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         start, reward_before = time.perf_counter(), self._phase_time["reward"]
-        output = super()._generate_and_score_completions(inputs)
+        overlap = self._overlap if self.model.training else None
+        staleness = overlap.before_generation() if overlap is not None else 0
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            if overlap is not None:
+                overlap.after_generation()
+        if overlap is not None:
+            self._metrics["train"]["async/staleness_updates"].append(float(staleness))
         self._phase_time["generation"] += time.perf_counter() - start - (self._phase_time["reward"] - reward_before)
         if self.model.training and self.data_order_path:
             rows = sorted({x["row_id"] for x in inputs})
             with open(self.data_order_path, "a") as f:
                 step = self.state.global_step // self.args.updates_per_generation_step
-                f.write(json.dumps({"global_step": self.state.global_step, "generation_step": step,
-                                    "row_ids": rows}) + "\n")
+                line = {"global_step": self.state.global_step, "generation_step": step, "row_ids": rows}
+                if overlap is not None:  # optimizer updates between the sampling weights and the trained ones
+                    line["staleness_updates"] = staleness
+                f.write(json.dumps(line) + "\n")
         return output
 
     def _calculate_rewards(self, *args, **kwargs):
